@@ -1,0 +1,64 @@
+"""The `ssa` command.
+
+Each subcommand lives in its own module under `ssa.commands` and exposes two functions:
+`add_arguments(parser)` and `run(args) -> int`. Modules are imported lazily so that
+`ssa --help` stays fast and a broken optional dependency only affects its own command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "train": ("ssa.commands.train", "train a model from a preset or config file"),
+    "eval": ("ssa.commands.evaluate", "perplexity, budgets, lengths and attention statistics of a checkpoint"),
+    "report": ("ssa.commands.report", "markdown tables and plots comparing evaluated runs"),
+    "bench": ("ssa.commands.bench", "GPU benchmarks of the attention kernels and training steps"),
+    "generate": ("ssa.commands.generate", "stream text from a checkpoint"),
+    "convert": ("ssa.commands.convert", "convert checkpoints (ssa train -> HF, Llama -> SSA)"),
+}
+
+
+class CommandError(Exception):
+    """An error meant for the user: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssa", description="Sparse Sparse Attention toolkit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name == module_name:  # command not available in this build
+                continue
+            raise
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (CommandError, ValueError, TypeError, FileNotFoundError) as err:
+        # User-facing failures are one line; set SSA_DEBUG=1 for the traceback.
+        import os
+
+        if os.environ.get("SSA_DEBUG"):
+            raise
+        print(f"ssa {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
