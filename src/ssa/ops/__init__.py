@@ -1,0 +1,22 @@
+"""Functional attention ops, [batch, seq, heads, dim] layout, GQA native.
+
+Kernels know nothing of models: these take tensors and return tensors.
+"""
+
+from .api import (
+    block_sparse_attention,
+    compressed_attention,
+    full_attention,
+    resolve_backend,
+    select_blocks,
+    sliding_window_attention,
+)
+
+__all__ = [
+    "select_blocks",
+    "block_sparse_attention",
+    "full_attention",
+    "compressed_attention",
+    "sliding_window_attention",
+    "resolve_backend",
+]

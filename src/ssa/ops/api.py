@@ -1,0 +1,94 @@
+"""Public functional ops: validate arguments, then dispatch to the reference or a fast kernel.
+
+`backend="auto"` picks the Triton kernels for CUDA tensors when Triton is importable, and the
+pure-PyTorch reference otherwise. Both compute the same function up to floating-point tolerance.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from . import reference
+from ._checks import check_backend, check_block_indices, check_positive_int, check_qkv, check_scale
+
+
+def _triton_module():
+    """The Triton kernels, or None when Triton (or a GPU build of it) is unavailable."""
+    try:
+        return importlib.import_module("ssa.ops.triton")
+    except ImportError:
+        return None
+
+
+def resolve_backend(backend: str, x: torch.Tensor) -> str:
+    check_backend(backend)
+    if backend == "auto":
+        return "triton" if x.is_cuda and _triton_module() is not None else "torch"
+    if backend == "triton" and _triton_module() is None:
+        raise ValueError("backend='triton' needs the `triton` package; install it or use backend='torch'")
+    return backend
+
+
+def select_blocks(q, k, block_size: int = 16, block_count: int = 16, scale=None, backend: str = "auto"):
+    """Top-`block_count` key blocks per query and KV head (DESIGN §1.1).
+
+    Returns int32 [B, T, HK, block_count]: valid block ids sorted ascending, the query's own block
+    always among them, empty slots -1 at the end. Not differentiable (indices).
+    """
+    B, T, HQ, HK, D = check_qkv(q, k)
+    check_positive_int("block_size", block_size)
+    check_positive_int("block_count", block_count)
+    scale = check_scale(scale, D)
+    with torch.no_grad():
+        if resolve_backend(backend, q) == "triton":
+            return _triton_module().select_blocks(q, k, block_size, block_count, scale)
+        return reference.select_blocks(q, k, block_size, block_count, scale)
+
+
+def block_sparse_attention(
+    q, k, v, block_size: int = 16, block_count: int = 16, block_indices=None, scale=None,
+    backend: str = "auto", return_lse: bool = False,
+):
+    """Causal attention of each query over its selected key blocks.
+
+    With `block_indices=None` the blocks are chosen by `select_blocks`. Returns o [B, T, HQ, D]
+    (and the natural-log log-sum-exp [B, T, HQ] in float32 if `return_lse`).
+    """
+    B, T, HQ, HK, D = check_qkv(q, k, v)
+    check_positive_int("block_size", block_size)
+    check_positive_int("block_count", block_count)
+    scale = check_scale(scale, D)
+    backend = resolve_backend(backend, q)
+    if block_indices is None:
+        block_indices = select_blocks(q, k, block_size, block_count, scale, backend)
+    else:
+        check_block_indices(block_indices, B, T, HK, q.device)
+    if backend == "triton":
+        return _triton_module().block_sparse_attention(q, k, v, block_indices, block_size, scale, return_lse)
+    return reference.block_sparse_attention(q, k, v, block_indices, block_size, scale, return_lse)
+
+
+def full_attention(q, k, v, scale=None):
+    """Causal softmax attention with GQA, [B, T, H, D] layout (PyTorch SDPA underneath)."""
+    _, _, _, _, D = check_qkv(q, k, v)
+    return reference.full_attention(q, k, v, check_scale(scale, D))
+
+
+def compressed_attention(q, k, v, block_size: int = 16, scale=None, backend: str = "auto"):
+    """NSA compression branch over mean-pooled K/V of complete preceding blocks."""
+    _, _, _, _, D = check_qkv(q, k, v)
+    check_positive_int("block_size", block_size)
+    scale = check_scale(scale, D)
+    fast = getattr(_triton_module(), "compressed_attention", None) if resolve_backend(backend, q) == "triton" else None
+    return (fast or reference.compressed_attention)(q, k, v, block_size, scale)
+
+
+def sliding_window_attention(q, k, v, window: int = 128, scale=None, backend: str = "auto"):
+    """Causal attention over the last `window` positions (the query included)."""
+    _, _, _, _, D = check_qkv(q, k, v)
+    check_positive_int("window", window)
+    scale = check_scale(scale, D)
+    fast = getattr(_triton_module(), "sliding_window_attention", None) if resolve_backend(backend, q) == "triton" else None
+    return (fast or reference.sliding_window_attention)(q, k, v, window, scale)

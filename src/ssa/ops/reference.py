@@ -1,0 +1,189 @@
+"""Pure-PyTorch reference implementation: the source of truth for every fast kernel.
+
+Layout is [batch, seq, heads, dim] with grouped-query attention (HQ = G * HK). Everything is
+computed in float32 (or float64 when given float64) and processed in chunks of queries, so memory
+grows with T * n * s (sparse) or T * T / s (block scores of one chunk), never with T * T.
+
+No argument checking here: `ssa.ops.api` validates and then calls these functions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# Queries per chunk. Chosen so a chunk's block-score or gathered-key tensors stay small on CPU.
+QUERY_CHUNK = 256
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def num_blocks(seq_len: int, block_size: int) -> int:
+    return math.ceil(seq_len / block_size)
+
+
+def pad_to_blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """[B, T, H, D] -> [B, nb, s, H, D], zero-padding the last partial block."""
+    B, T, H, D = x.shape
+    nb = num_blocks(T, block_size)
+    x = F.pad(x, (0, 0, 0, 0, 0, nb * block_size - T))
+    return x.view(B, nb, block_size, H, D)
+
+
+def block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Mean of each block of tokens: [B, T, H, D] -> [B, nb, H, D].
+
+    A trailing partial block is averaged over the tokens it has. It is never a selection candidate
+    (it is always some query's current block), so this choice only matters for debugging output.
+    """
+    T = x.shape[1]
+    blocks = pad_to_blocks(x.to(_compute_dtype(x)), block_size)
+    counts = torch.full((blocks.shape[1],), float(block_size), device=x.device, dtype=blocks.dtype)
+    counts[-1] = T - (blocks.shape[1] - 1) * block_size
+    return blocks.sum(2) / counts[None, :, None, None]
+
+
+def block_scores(q: torch.Tensor, kbar: torch.Tensor, t0: int, block_size: int, scale: float) -> tuple:
+    """Group scores of DESIGN §1.1 steps 3-4 for queries t0..t0+C.
+
+    Returns (score [B, C, HK, nb], candidate mask [C, nb], current block [C]). Non-candidates
+    score -1; candidates score in [0, G] (sum of per-head softmax probabilities).
+    """
+    B, C, HQ, D = q.shape
+    nb, HK = kbar.shape[1], kbar.shape[2]
+    G = HQ // HK
+    qg = q.to(kbar.dtype).view(B, C, HK, G, D)
+    logits = torch.einsum("bchgd,bnhd->bchgn", qg, kbar) * scale
+    current = torch.arange(t0, t0 + C, device=q.device) // block_size
+    candidate = torch.arange(nb, device=q.device)[None, :] < current[:, None]  # [C, nb]
+    logits = logits.masked_fill(~candidate[None, :, None, None, :], float("-inf"))
+    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows without candidates -> 0
+    score = probs.sum(3)
+    score = torch.where(candidate[None, :, None, :], score, torch.full_like(score, -1.0))
+    return score, candidate, current
+
+
+def select_blocks(q, k, block_size: int, block_count: int, scale: float) -> torch.Tensor:
+    """Exact top-k block selection (DESIGN §1.1). Returns int32 [B, T, HK, block_count]."""
+    B, T, HQ, D = q.shape
+    HK = k.shape[2]
+    nb = num_blocks(T, block_size)
+    kbar = block_means(k, block_size)
+    out = torch.empty(B, T, HK, block_count, dtype=torch.int32, device=q.device)
+    width = min(block_count, nb)
+    block_ids = torch.arange(nb, device=q.device)
+    for t0 in range(0, T, QUERY_CHUNK):
+        t1 = min(t0 + QUERY_CHUNK, T)
+        score, _, current = block_scores(q[:, t0:t1], kbar, t0, block_size, scale)
+        # The current block always wins its slot.
+        is_current = block_ids[None, :] == current[:, None]
+        score = torch.where(is_current[None, :, None, :], torch.full_like(score, float("inf")), score)
+        # Stable descending sort: equal scores keep ascending block order, so ties go to the lower index.
+        top_score, top_idx = torch.sort(score, dim=-1, descending=True, stable=True)
+        top_idx = torch.where(top_score[..., :width] >= 0, top_idx[..., :width], -1)
+        # Sort the chosen blocks ascending, with empty slots (-1) last.
+        key = torch.where(top_idx < 0, nb, top_idx)
+        key = key.sort(dim=-1).values
+        chosen = torch.where(key == nb, -1, key).to(torch.int32)
+        out[:, t0:t1, :, :width] = chosen
+    out[..., width:] = -1
+    return out
+
+
+def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float, return_lse: bool = False):
+    """Attention of each query over the key blocks listed in block_indices.
+
+    Selected earlier blocks are fully visible; keys after the query (its own block) are masked, as
+    are padding positions past the end of the sequence and empty (-1) slots. Gradients reach only
+    the gathered keys and values, so unselected blocks get exactly zero gradient.
+    """
+    B, T, HQ, D = q.shape
+    HK = k.shape[2]
+    G = HQ // HK
+    s = block_size
+    dtype = _compute_dtype(q)
+    kb = pad_to_blocks(k.to(dtype), s).permute(0, 3, 1, 2, 4)  # [B, HK, nb, s, D]
+    vb = pad_to_blocks(v.to(dtype), s).permute(0, 3, 1, 2, 4)
+    batch = torch.arange(B, device=q.device)[:, None, None, None]
+    head = torch.arange(HK, device=q.device)[None, None, :, None]
+    offsets = torch.arange(s, device=q.device)
+    outs, lses = [], []
+    for t0 in range(0, T, QUERY_CHUNK):
+        t1 = min(t0 + QUERY_CHUNK, T)
+        idx = block_indices[:, t0:t1].long()  # [B, C, HK, n]
+        valid = idx >= 0
+        idx = idx.clamp(min=0)
+        k_sel = kb[batch, head, idx]  # [B, C, HK, n, s, D]
+        v_sel = vb[batch, head, idx]
+        pos = idx[..., None] * s + offsets  # [B, C, HK, n, s] absolute key position
+        t = torch.arange(t0, t1, device=q.device)[None, :, None, None, None]
+        visible = valid[..., None] & (pos <= t) & (pos < T)
+        qg = q[:, t0:t1].to(dtype).view(B, t1 - t0, HK, G, D)
+        logits = torch.einsum("bchgd,bchnsd->bchgns", qg, k_sel) * scale
+        logits = logits.masked_fill(~visible[:, :, :, None], float("-inf")).flatten(-2)
+        lse = torch.logsumexp(logits, dim=-1)  # [B, C, HK, G]
+        probs = torch.exp(logits - lse[..., None]).nan_to_num(0.0)  # a query with no visible key -> 0
+        o = torch.einsum("bchgm,bchmd->bchgd", probs, v_sel.flatten(3, 4))
+        outs.append(o.reshape(B, t1 - t0, HQ, D))
+        lses.append(lse.reshape(B, t1 - t0, HQ))
+    o = torch.cat(outs, 1).to(q.dtype)
+    return (o, torch.cat(lses, 1)) if return_lse else o
+
+
+def full_attention(q, k, v, scale: float):
+    """Causal softmax attention with GQA through PyTorch SDPA (flash / cuDNN / CPU kernels)."""
+    HQ, HK = q.shape[2], k.shape[2]
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    if HK != HQ:  # expand instead of enable_gqa: works on every torch >= 2.4 and every SDPA backend
+        kt = kt.repeat_interleave(HQ // HK, dim=1)
+        vt = vt.repeat_interleave(HQ // HK, dim=1)
+    o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
+    return o.transpose(1, 2)
+
+
+def compressed_attention(q, k, v, block_size: int, scale: float):
+    """NSA compression branch: attention over mean-pooled K/V of the complete blocks before the query's block.
+
+    Queries in the first block have nothing to attend to and output zeros.
+    """
+    B, T, HQ, D = q.shape
+    HK = k.shape[2]
+    G = HQ // HK
+    kbar = block_means(k, block_size)
+    vbar = block_means(v, block_size)
+    nb = kbar.shape[1]
+    outs = []
+    for t0 in range(0, T, QUERY_CHUNK):
+        t1 = min(t0 + QUERY_CHUNK, T)
+        qg = q[:, t0:t1].to(kbar.dtype).view(B, t1 - t0, HK, G, D)
+        logits = torch.einsum("bchgd,bnhd->bchgn", qg, kbar) * scale
+        current = torch.arange(t0, t1, device=q.device) // block_size
+        candidate = torch.arange(nb, device=q.device)[None, :] < current[:, None]
+        logits = logits.masked_fill(~candidate[None, :, None, None, :], float("-inf"))
+        probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        outs.append(torch.einsum("bchgn,bnhd->bchgd", probs, vbar).reshape(B, t1 - t0, HQ, D))
+    return torch.cat(outs, 1).to(q.dtype)
+
+
+def sliding_window_attention(q, k, v, window: int, scale: float):
+    """Causal attention over the last `window` keys (the query included), chunked over queries."""
+    B, T, HQ, D = q.shape
+    HK = k.shape[2]
+    G = HQ // HK
+    outs = []
+    for t0 in range(0, T, QUERY_CHUNK):
+        t1 = min(t0 + QUERY_CHUNK, T)
+        k0 = max(0, t0 - window + 1)
+        qt = q[:, t0:t1].transpose(1, 2)
+        kt = k[:, k0:t1].transpose(1, 2).repeat_interleave(G, dim=1)
+        vt = v[:, k0:t1].transpose(1, 2).repeat_interleave(G, dim=1)
+        tq = torch.arange(t0, t1, device=q.device)[:, None]
+        tk = torch.arange(k0, t1, device=q.device)[None, :]
+        mask = (tk <= tq) & (tk > tq - window)
+        o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale)
+        outs.append(o.transpose(1, 2))
+    return torch.cat(outs, 1)
