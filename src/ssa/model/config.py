@@ -1,0 +1,144 @@
+"""SSAConfig: a Llama-style decoder with a dual-mode (full / block-sparse) gated attention layer."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+METHODS = ("full", "moba", "nsa", "ssa")
+ATTENTION_MODES = ("full", "sparse")
+ALIGN_DIRECTIONS = ("both", "sparsity", "commitment", "none")
+ALIGN_LOSSES = ("smooth_l1", "l2")
+ALIGN_ON = ("gated", "pre_gate")
+BACKENDS = ("auto", "torch", "triton")
+
+# What each method runs at inference when the caller does not say (DESIGN §1.4).
+DEFAULT_INFERENCE_MODE = {"full": "full", "moba": "sparse", "nsa": "sparse", "ssa": "sparse"}
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+class SSAConfig(PretrainedConfig):
+    model_type = "ssa"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        method: str = "ssa",
+        vocab_size: int = 50257,
+        hidden_size: int = 1024,
+        intermediate_size: int | None = None,
+        num_hidden_layers: int = 24,
+        num_attention_heads: int = 16,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        max_position_embeddings: int = 8192,
+        rope_theta: float = 500000.0,
+        rope_llama3_scaling: dict | None = None,
+        rms_norm_eps: float = 1e-6,
+        initializer_range: float = 0.02,
+        tie_word_embeddings: bool = True,
+        # sparse attention (DESIGN §1.1)
+        block_size: int = 16,
+        block_count: int = 16,
+        nsa_window: int = 128,
+        # SSA objective (DESIGN §1.3)
+        alpha: float = 10.0,
+        full_ratio: float = 0.5,
+        align_direction: str = "both",
+        align_loss: str = "smooth_l1",
+        align_on: str = "gated",
+        # inference
+        attention_mode: str | None = None,
+        backend: str = "auto",
+        use_cache: bool = True,
+        bos_token_id: int | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        **kwargs,
+    ):
+        _choice("method", method, METHODS)
+        for name, value in [
+            ("vocab_size", vocab_size), ("hidden_size", hidden_size), ("num_hidden_layers", num_hidden_layers),
+            ("num_attention_heads", num_attention_heads), ("block_size", block_size),
+            ("block_count", block_count), ("nsa_window", nsa_window),
+            ("max_position_embeddings", max_position_embeddings),
+        ]:
+            _positive_int(name, value)
+        num_key_value_heads = num_key_value_heads or num_attention_heads
+        _positive_int("num_key_value_heads", num_key_value_heads)
+        if num_attention_heads % num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})"
+            )
+        if head_dim is None:
+            if hidden_size % num_attention_heads:
+                raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads}) unless head_dim is given")
+            head_dim = hidden_size // num_attention_heads
+        if intermediate_size is None:  # SwiGLU's usual 8/3 * hidden, rounded up to a multiple of 64
+            intermediate_size = -(-(8 * hidden_size // 3) // 64) * 64
+        if not 0.0 <= full_ratio <= 1.0:
+            raise ValueError(f"full_ratio must be in [0, 1], got {full_ratio}")
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        _choice("align_direction", align_direction, ALIGN_DIRECTIONS)
+        _choice("align_loss", align_loss, ALIGN_LOSSES)
+        _choice("align_on", align_on, ALIGN_ON)
+        _choice("backend", backend, BACKENDS)
+        if attention_mode is not None:
+            _choice("attention_mode", attention_mode, ATTENTION_MODES)
+        if rope_llama3_scaling is not None:
+            _check_rope_scaling(rope_llama3_scaling)
+
+        self.method = method
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.head_dim = head_dim
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = float(rope_theta)
+        # Not named `rope_scaling`: transformers reserves that name for its own RoPE machinery.
+        self.rope_llama3_scaling = rope_llama3_scaling
+        self.rms_norm_eps = rms_norm_eps
+        self.initializer_range = initializer_range
+        self.block_size = block_size
+        self.block_count = block_count
+        self.nsa_window = nsa_window
+        self.alpha = float(alpha)
+        self.full_ratio = float(full_ratio)
+        self.align_direction = align_direction
+        self.align_loss = align_loss
+        self.align_on = align_on
+        self.attention_mode = attention_mode
+        self.backend = backend
+        self.use_cache = use_cache
+        super().__init__(
+            tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id, **kwargs,
+        )
+
+    @property
+    def inference_mode(self) -> str:
+        """The attention mode used at inference when a call does not choose one."""
+        return self.attention_mode or DEFAULT_INFERENCE_MODE[self.method]
+
+
+def _check_rope_scaling(rope_scaling) -> None:
+    if not isinstance(rope_scaling, dict):
+        raise ValueError(f"rope_llama3_scaling must be a dict or None, got {type(rope_scaling).__name__}")
+    kind = rope_scaling.get("rope_type", rope_scaling.get("type"))
+    if kind != "llama3":
+        raise ValueError(f"rope_llama3_scaling rope_type must be 'llama3', got {kind!r}")
+    for key in ("factor", "original_max_position_embeddings"):
+        if key not in rope_scaling:
+            raise ValueError(f"rope_llama3_scaling needs the key {key!r} (llama3 scaling)")
