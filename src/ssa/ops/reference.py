@@ -134,14 +134,21 @@ def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float
     return (o, torch.cat(lses, 1)) if return_lse else o
 
 
+# SDPA learned native GQA (no K/V copies) in torch 2.5.
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
 def full_attention(q, k, v, scale: float):
     """Causal softmax attention with GQA through PyTorch SDPA (flash / cuDNN / CPU kernels)."""
     HQ, HK = q.shape[2], k.shape[2]
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    if HK != HQ:  # expand instead of enable_gqa: works on every torch >= 2.4 and every SDPA backend
-        kt = kt.repeat_interleave(HQ // HK, dim=1)
-        vt = vt.repeat_interleave(HQ // HK, dim=1)
-    o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
+    if HK == HQ:
+        o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
+    elif _SDPA_HAS_GQA:
+        o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True)
+    else:
+        kt, vt = kt.repeat_interleave(HQ // HK, dim=1), vt.repeat_interleave(HQ // HK, dim=1)
+        o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
     return o.transpose(1, 2)
 
 
