@@ -15,6 +15,8 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .. import ops
+from ..ops import decode as decode_ops
+from .cache import CacheStep, SSACache
 from .config import ATTENTION_MODES, SSAConfig
 from .objective import alignment_loss, draw_mode
 from .rope import RotaryEmbedding, apply_rope
@@ -60,13 +62,15 @@ class GatedAttention(nn.Module):
         self.num_gates = 3 if config.method == "nsa" else 1
         self.g_proj = nn.Linear(hidden, self.num_heads * self.num_gates, bias=False)
 
-    def forward(self, x, cos, sin, plan: AttentionPlan):
+    def forward(self, x, cos, sin, plan: AttentionPlan, cache: SSACache | None = None, step: CacheStep | None = None):
         B, T, _ = x.shape
         q = apply_rope(self.q_proj(x).view(B, T, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
         gates = torch.sigmoid(self.g_proj(x)).view(B, T, self.num_gates, self.num_heads, 1)
 
+        if cache is not None:
+            return self.o_proj(self._attend_cached(q, k, v, gates, plan, cache, step).reshape(B, T, -1)), None, None
         out, align, indices = self._attend(q, k, v, gates, plan)
         stats = None
         if plan.want_stats:
@@ -108,6 +112,49 @@ class GatedAttention(nn.Module):
             align = alignment_loss(pair["full"], pair["sparse"], cfg.align_direction, cfg.align_loss)
         return gated[plan.mode], align, indices
 
+    def _attend_cached(self, q, k, v, gates, plan, cache: SSACache, step: CacheStep):
+        """Prefill runs the plan's mode over the new tokens; later tokens decode one at a time."""
+        T = step.columns
+        if step.prefill:
+            layer = cache.write(self.layer_idx, k, v, step)
+            if not step.padded:
+                return self._attend(q, k, v, gates, plan)[0]
+            out = torch.zeros_like(q)  # padding columns: zeros, never attended to
+            for b, c in enumerate(step.count):  # each row's real tokens, without its padding
+                rows = (slice(b, b + 1), slice(T - c, None))
+                out[rows] = self._attend(q[rows], k[rows], v[rows], gates[rows], plan)[0]
+            return out
+        layer = cache.write(self.layer_idx, k, v, step)
+        max_start = max(step.start)
+        # Column j sees the keys up to its own: every earlier column is already in the cache.
+        outs = [
+            self._decode(q[:, j], gates[:, j], layer, step.start_t + j + 1, max_start + j + 1, plan)
+            for j in range(T)
+        ]
+        return torch.stack(outs, 1)
+
+    def _decode(self, q, gates, layer, lengths, max_length: int, plan):
+        """One query per row [B, HQ, D] over the cached layer; reads only what its mode needs."""
+        cfg, s = self.config, plan.block_size
+        if cfg.method == "nsa":
+            branches = (
+                decode_ops.compressed_decode(q, layer.kbar, layer.vbar, lengths, s, self.scale),
+                decode_ops.sparse_decode(
+                    q, layer.k, layer.v, layer.kbar, lengths, s, plan.block_count, self.scale,
+                    backend=cfg.backend, max_length=max_length,
+                ),
+                decode_ops.window_decode(q, layer.k, layer.v, lengths, cfg.nsa_window, self.scale),
+            )
+            return sum(gates[:, i] * o for i, o in enumerate(branches))
+        if plan.mode == "full":
+            o = decode_ops.full_decode(q, layer.k, layer.v, lengths, self.scale, max_length=max_length)
+        else:
+            o = decode_ops.sparse_decode(
+                q, layer.k, layer.v, layer.kbar, lengths, s, plan.block_count, self.scale,
+                backend=cfg.backend, max_length=max_length,
+            )
+        return gates[:, 0] * o
+
 
 class SwiGLU(nn.Module):
     def __init__(self, hidden: int, intermediate: int):
@@ -128,8 +175,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
-    def forward(self, x, cos, sin, plan: AttentionPlan):
-        attn, align, stats = self.self_attn(self.input_layernorm(x), cos, sin, plan)
+    def forward(self, x, cos, sin, plan: AttentionPlan, cache=None, step=None):
+        attn, align, stats = self.self_attn(self.input_layernorm(x), cos, sin, plan, cache, step)
         x = x + attn
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, align, stats
@@ -158,24 +205,32 @@ class SSAModel(SSAPreTrainedModel):
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_llama3_scaling)
         self.post_init()
 
-    def forward(self, input_ids, plan: AttentionPlan, position_ids=None):
+    def forward(self, input_ids, plan: AttentionPlan, position_ids=None, cache: SSACache | None = None, attention_mask=None):
         B, T = input_ids.shape
-        if position_ids is None:
+        step = None
+        if cache is not None:  # positions continue each row's cached tokens (left padding skipped)
+            step = cache.begin(attention_mask, B, T, input_ids.device)
+            position_ids = step.positions
+        elif position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device)[None].expand(B, T)
         cos, sin = self.rotary(position_ids)
         x = self.embed_tokens(input_ids)
         aligns, stats = [], []
         for layer in self.layers:
-            x, align, layer_stats = layer(x, cos, sin, plan)
+            x, align, layer_stats = layer(x, cos, sin, plan, cache, step)
             if align is not None:
                 aligns.append(align)
             if layer_stats is not None:
                 stats.append(layer_stats)
+        if cache is not None:
+            cache.commit(step)
         return self.norm(x), aligns, stats
 
 
 class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
     def __init__(self, config: SSAConfig):
+        # from_pretrained(path, block_count=0) sets config attributes without SSAConfig's checks.
+        _check_inference_settings(config)
         super().__init__(config)
         self.model = SSAModel(config)
         # Tied embeddings reuse embed_tokens directly instead of relying on weight-tying hooks.
@@ -219,10 +274,25 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
 
     def forward(
         self, input_ids, labels=None, attention_mode=None, block_count=None, block_size=None,
-        position_ids=None, output_attention_stats=False, **kwargs,
+        position_ids=None, output_attention_stats=False, attention_mask=None, past_key_values=None,
+        use_cache=None, logits_to_keep: int = 0, **kwargs,
     ):
+        """Logits (and losses with `labels`) of one pass.
+
+        KV cache: pass `use_cache=True` to get `past_key_values` (an SSACache) back, and pass it in
+        again with the new ids only. `use_cache=None` builds no cache unless `past_key_values` is
+        given, so training and evaluation passes never keep K/V copies. `attention_mask` may only
+        mark left padding of the prompt. `logits_to_keep=N` computes logits of the last N columns.
+        """
         plan = self.plan(attention_mode, block_count, block_size, output_attention_stats)
-        hidden, aligns, stats = self.model(input_ids, plan, position_ids=position_ids)
+        cache = self._cache_for_call(plan, past_key_values, use_cache, attention_mask, position_ids)
+        hidden, aligns, stats = self.model(input_ids, plan, position_ids=position_ids, cache=cache, attention_mask=attention_mask)
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0 keeps all), got {logits_to_keep!r}")
+        if logits_to_keep and labels is not None:
+            raise ValueError("logits_to_keep must be 0 when labels are given (the loss needs every position)")
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         logits = F.linear(hidden, weight)
 
@@ -236,4 +306,73 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         return SSACausalLMOutput(
             loss=loss, logits=logits, ce_loss=ce_loss, align_loss=align_loss,
             attention_mode=plan.mode, attention_stats=stats or None,
+            past_key_values=cache if (use_cache or past_key_values is not None) else None,
         )
+
+    # ------------------------------------------------------------------ KV cache and generate
+
+    def _cache_for_call(self, plan, past_key_values, use_cache, attention_mask, position_ids):
+        """The cache this call reads and extends, or None for a plain (training-style) pass."""
+        # A padded batch runs through a throw-away cache: it stores each row without its padding.
+        padded = attention_mask is not None and not bool(attention_mask.bool().all())
+        if past_key_values is None and not use_cache and not padded:
+            return None
+        if plan.align or plan.want_stats:
+            raise ValueError(
+                "use_cache, past_key_values and padded attention_mask work at inference only "
+                "(model.eval() or torch.no_grad(), output_attention_stats=False)"
+            )
+        if position_ids is not None:
+            raise ValueError("position_ids cannot be combined with a KV cache or padding: positions follow each row's cached tokens")
+        if past_key_values is None:
+            return SSACache(self.config.num_hidden_layers, plan.block_size, value_means=self.config.method == "nsa")
+        if not isinstance(past_key_values, SSACache):
+            raise TypeError(f"past_key_values must be an SSACache returned by this model, got {type(past_key_values).__name__}")
+        if past_key_values.block_size != plan.block_size:
+            raise ValueError(
+                f"block_size {plan.block_size} differs from the cache's block_size {past_key_values.block_size}; "
+                "the cached block means were built for the latter"
+            )
+        return past_key_values
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate must not create a transformers DynamicCache: the forward builds its own SSACache.
+        return False
+
+    @staticmethod
+    def _reorder_cache(past_key_values, beam_idx):
+        return past_key_values.reorder_cache(beam_idx)
+
+    def prepare_inputs_for_generation(
+        self, input_ids, past_key_values=None, attention_mask=None, use_cache=None, attention_mode=None,
+        block_count=None, block_size=None, logits_to_keep=None, inputs_embeds=None, **kwargs,
+    ):
+        """Feed generate's ids that the cache has not seen; positions come from the cache.
+
+        The per-call `attention_mode` / `block_count` / `block_size` given to `generate` reach every
+        forward. generate's own `position_ids` are dropped: the model derives the same positions
+        from the attention mask and the cache.
+        """
+        if inputs_embeds is not None:
+            raise ValueError("inputs_embeds is not supported by SSAForCausalLM.generate; pass input_ids")
+        if past_key_values is not None:
+            input_ids = input_ids[:, past_key_values.get_seq_length():]
+        if logits_to_keep is None:  # a prompt needs only its last logits; later steps all of theirs
+            logits_to_keep = 1 if past_key_values is None else 0
+        return {
+            "input_ids": input_ids, "past_key_values": past_key_values, "attention_mask": attention_mask,
+            "use_cache": use_cache, "attention_mode": attention_mode, "block_count": block_count,
+            "block_size": block_size, "logits_to_keep": logits_to_keep,
+        }
+
+
+def _check_inference_settings(config: SSAConfig) -> None:
+    if config.attention_mode is not None and config.attention_mode not in ATTENTION_MODES:
+        raise ValueError(f"attention_mode must be one of {ATTENTION_MODES} or None, got {config.attention_mode!r}")
+    if config.method == "nsa" and config.attention_mode == "full":
+        raise ValueError("method 'nsa' has no full-attention stream: attention_mode must be 'sparse' or None")
+    for name in ("block_size", "block_count"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
