@@ -1,0 +1,227 @@
+"""Checkpoints: atomic writes, `latest` pointer, resolution and loading for inference.
+
+Run directory layout (evaluation and Hugging Face loading rely on it):
+    RUN_DIR/train_config.json
+    RUN_DIR/metrics.jsonl
+    RUN_DIR/checkpoints/step_00000100/   config.json + model.safetensors (save_pretrained)
+                                         tokenizer.json + tokenizer_config.json
+                                         training_state.pt (optimizer, step, RNG, data position)
+    RUN_DIR/checkpoints/latest           text file naming the newest step directory
+
+A step directory is complete before anyone can see it: it is written under a temporary name in the
+same parent, every file is fsynced, and only then renamed into place; `latest` is replaced the same
+way afterwards. A crash at any point leaves the previous checkpoint and `latest` valid. Older step
+directories are pruned only after the new one is published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+STATE_FILE = "training_state.pt"
+LATEST = "latest"
+STEP_PREFIX = "step_"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+def _quiet_transformers() -> None:
+    """transformers draws progress bars when writing/reading shards: noise inside our own bar."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
+
+
+def step_dir_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step:08d}"
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` via a fsynced temporary file and os.replace."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, training_state: dict, *, keep: int = 2) -> Path:
+    """Write RUN_DIR/checkpoints/step_XXXXXXXX atomically, point `latest` at it, prune to `keep`."""
+    import torch
+
+    _quiet_transformers()
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / step_dir_name(step)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=ckpt_root))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save(training_state, tmp / STATE_FILE)
+        _fsync_tree(tmp)
+        if final.exists():
+            # Re-saving a step (e.g. after a resume): move the old copy aside first, drop it after.
+            old = ckpt_root / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(ckpt_root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(ckpt_root / LATEST, final.name + "\n")
+    prune_checkpoints(ckpt_root, keep=keep, protect=final.name)
+    return final
+
+
+def list_step_dirs(ckpt_root: Path) -> list[Path]:
+    """Published step directories, oldest first (temporary and aside copies are skipped)."""
+    if not ckpt_root.is_dir():
+        return []
+    dirs = [p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)]
+    return sorted(dirs, key=lambda p: p.name)
+
+
+def prune_checkpoints(ckpt_root: Path, *, keep: int, protect: str) -> None:
+    dirs = [p for p in list_step_dirs(ckpt_root) if p.name != protect]
+    for p in dirs[: max(0, len(dirs) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    # Leftovers of a crashed write are never referenced by `latest`: remove them too.
+    for p in ckpt_root.iterdir():
+        if p.is_dir() and (p.name.startswith(".tmp-") or p.name.startswith(".old-")):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _check_step_dir(path: Path) -> Path:
+    if not (path / "config.json").is_file():
+        raise ValueError(f"checkpoint {path} is incomplete or corrupt: config.json is missing")
+    if not any((path / w).is_file() for w in WEIGHT_FILES):
+        raise ValueError(f"checkpoint {path} is incomplete or corrupt: model.safetensors is missing")
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"checkpoint {path} is corrupt: config.json does not parse ({err})") from None
+    return path
+
+
+def resolve_checkpoint(path) -> Path:
+    """A run dir (-> its `latest` step), a run's checkpoints/ dir, or a step dir -> the step dir."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    if p.is_file():
+        raise ValueError(f"checkpoint {p} is a file; expected a run directory or a checkpoint directory")
+    if (p / "config.json").is_file():
+        return _check_step_dir(p)
+    root = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    latest = root / LATEST
+    if not latest.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {p}: neither a checkpoint directory (config.json) nor a run directory "
+            f"with checkpoints/{LATEST}"
+        )
+    name = latest.read_text(encoding="utf-8").strip()
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"checkpoint pointer {latest} is corrupt (holds {name!r})")
+    step = root / name
+    if not step.is_dir():
+        raise FileNotFoundError(f"checkpoint pointer {latest} names {name}, which does not exist")
+    return _check_step_dir(step)
+
+
+def load_training_state(step_dir: Path) -> dict:
+    """The optimizer/RNG/data state saved with a checkpoint; a one-line error when unusable."""
+    import torch
+
+    f = Path(step_dir) / STATE_FILE
+    if not f.is_file():
+        raise FileNotFoundError(f"checkpoint {step_dir} has no {STATE_FILE}: it cannot be resumed")
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as err:  # pickle / zip errors vary by torch version
+        raise ValueError(f"checkpoint state {f} is corrupt: {type(err).__name__}: {err}") from None
+    missing = [k for k in ("step", "optimizer", "rng", "data") if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint state {f} is corrupt: missing {missing}")
+    return state
+
+
+def load_model(step_dir: Path, device=None, dtype=None):
+    from ssa.model import SSAForCausalLM
+
+    _quiet_transformers()
+    try:
+        model = SSAForCausalLM.from_pretrained(step_dir)
+    except (OSError, RuntimeError, KeyError) as err:
+        raise ValueError(f"checkpoint {step_dir} could not be loaded: {type(err).__name__}: {err}") from None
+    except Exception as err:  # safetensors raises its own error types on truncated files
+        if type(err).__name__ in ("SafetensorError", "HeaderTooLarge", "HeaderTooSmall"):
+            raise ValueError(f"checkpoint {step_dir} weights are corrupt: {err}") from None
+        raise
+    if dtype is not None or device is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model
+
+
+def load_tokenizer(step_dir: Path):
+    from transformers import PreTrainedTokenizerFast
+
+    if not (Path(step_dir) / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"checkpoint {step_dir} has no tokenizer.json")
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(step_dir)
+    except Exception as err:
+        raise ValueError(f"checkpoint {step_dir} tokenizer could not be loaded: {err}") from None
+
+
+def load_for_inference(path, device=None, dtype=None):
+    """(model in eval mode, tokenizer) from a run dir (latest checkpoint) or a checkpoint dir.
+
+    `device` / `dtype` are passed to `model.to`; both may be strings ("cuda", "bfloat16").
+    """
+    import torch
+
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype must be a torch dtype or its name (float32, bfloat16, float16), got {dtype!r}")
+        dtype = getattr(torch, dtype)
+    step_dir = resolve_checkpoint(path)
+    model = load_model(step_dir, device=device, dtype=dtype)
+    model.eval()
+    return model, load_tokenizer(step_dir)

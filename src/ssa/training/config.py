@@ -1,0 +1,200 @@
+"""Training configuration: presets, config files, dotted overrides and their validation.
+
+A config (preset file, `--config FILE`, or the `train_config.json` of a run) is a JSON object
+    {"model": {SSAConfig kwargs except method}, "train": {...}, "data": {...}}
+plus, once resolved, "method" and "preset". Presets live in `configs/NAME.json`: inside an
+installed wheel they are force-included as `ssa/configs`, in a source checkout they sit at the
+repository root; the packaged copy wins when both exist.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .data import DataSpec
+
+METHODS = ("full", "moba", "nsa", "ssa")
+SECTIONS = ("model", "train", "data")
+
+# SSAConfig keyword arguments a config may set (method comes from --method / the "method" key).
+MODEL_KEYS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "max_position_embeddings", "rope_theta", "rope_llama3_scaling",
+    "tie_word_embeddings", "block_size", "block_count", "alpha", "full_ratio", "align_direction",
+    "align_loss", "align_on", "nsa_window", "attention_mode", "backend", "rms_norm_eps",
+    "initializer_range",
+)
+
+
+@dataclass
+class TrainSpec:
+    """The `train` section, with defaults. Batch sizes are in rows of `data.seq_len` tokens."""
+
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 4
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    device: str = "auto"
+    dtype: str = "auto"
+    num_threads: int | None = None
+    ddp_find_unused_parameters: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSpec":
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - allowed)
+        if unknown:
+            raise ValueError(f"unknown train key(s) {unknown}; allowed: {sorted(allowed)}")
+        spec = cls(**d)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        def pos_int(name, minimum=1):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+                raise ValueError(f"train.{name} must be an integer >= {minimum}, got {v!r}")
+
+        for name in ("micro_batch_size", "grad_accum", "max_steps", "log_every", "eval_every",
+                     "save_every", "keep_checkpoints"):
+            pos_int(name)
+        for name in ("warmup_steps", "eval_batches", "seed"):
+            pos_int(name, 0)
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip", "eps"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"train.{name} must be a number >= 0, got {v!r}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr!r}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"train.min_lr ({self.min_lr}) must be <= train.lr ({self.lr})")
+        if (not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2
+                or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"train.device must be one of auto, cpu, cuda, cuda:N; got {self.device!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"train.dtype must be one of auto, float32, bfloat16; got {self.dtype!r}")
+        if self.num_threads is not None:
+            pos_int("num_threads")
+
+
+def preset_dirs() -> list[Path]:
+    """Where presets are looked up: the packaged ssa/configs, then the checkout's configs/."""
+    import ssa
+
+    pkg = Path(ssa.__file__).resolve().parent
+    return [pkg / "configs", pkg.parents[1] / "configs"]
+
+
+def available_presets() -> list[str]:
+    names = set()
+    for d in preset_dirs():
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.json"))
+    return sorted(names)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise ValueError(f"{what} {path} could not be read: {err}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} {path} must hold a JSON object")
+    return obj
+
+
+def load_preset(name: str) -> dict:
+    for d in preset_dirs():
+        p = d / f"{name}.json"
+        if p.is_file():
+            return _read_json(p, "preset")
+    raise ValueError(f"unknown preset {name!r}; available: {', '.join(available_presets()) or '(none found)'}")
+
+
+def load_config_file(path: str | Path) -> dict:
+    return _read_json(Path(path), "config file")
+
+
+def parse_override(item: str) -> tuple[list[str], object]:
+    """`a.b=value` -> (["a", "b"], value); the value is JSON when it parses, a string otherwise."""
+    if "=" not in item:
+        raise ValueError(f"--set expects KEY=VALUE (e.g. train.max_steps=50), got {item!r}")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or parts[0] not in SECTIONS or not all(parts):
+        raise ValueError(f"--set key {key!r} must start with one of {SECTIONS} (e.g. model.block_count=8)")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(cfg: dict, items: list[str]) -> dict:
+    cfg = copy.deepcopy(cfg)
+    for item in items or []:
+        parts, value = parse_override(item)
+        node = cfg.setdefault(parts[0], {})
+        for p in parts[1:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {p!r} is not a section")
+        node[parts[-1]] = value
+    return cfg
+
+
+def resolve_config(base: dict, *, method: str | None, overrides: list[str] | None = None,
+                   preset: str | None = None) -> dict:
+    """Merge, apply overrides and validate; returns the full config with every default filled in."""
+    cfg = apply_overrides(base, overrides or [])
+    unknown = sorted(set(cfg) - set(SECTIONS) - {"method", "preset"})
+    if unknown:
+        raise ValueError(f"unknown config section(s) {unknown}; allowed: {list(SECTIONS) + ['method', 'preset']}")
+    method = method or cfg.get("method") or "ssa"
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    model = dict(cfg.get("model") or {})
+    if "method" in model:
+        raise ValueError("model.method is not a config key: use --method or the top-level \"method\"")
+    bad = sorted(set(model) - set(MODEL_KEYS) - _extra_model_keys())
+    if bad:
+        raise ValueError(f"unknown model key(s) {bad}; allowed: {sorted(set(MODEL_KEYS) | _extra_model_keys())}")
+    train = TrainSpec.from_dict(dict(cfg.get("train") or {}))
+    data = DataSpec.from_dict(dict(cfg.get("data") or {}))
+    return {"preset": preset or cfg.get("preset"), "method": method, "model": model,
+            "train": asdict(train), "data": asdict(data)}
+
+
+def _extra_model_keys() -> set[str]:
+    """Any other attribute a default SSAConfig has (so new model options need no change here)."""
+    try:
+        from ssa.model import SSAConfig
+    except Exception:  # the model package is optional for config validation
+        return set()
+    try:
+        return {k for k in SSAConfig().to_dict() if not k.startswith("_")} - {"method"}
+    except Exception:
+        return set()

@@ -1,0 +1,125 @@
+"""The embedded "synthetic-recall" corpus: key -> value facts buried in filler, queried later.
+
+Each document interleaves three kinds of sentences:
+  statement  "The code for <key> is <digits>."
+  filler     short sentences generated from small word lists (predictable, no digits)
+  query      "What is the code for <key>? It is <digits>."   (the same digits as the statement)
+A query is only emitted once at least `min_gap` bytes separate it from its statement, so with byte
+tokens the digits can only be predicted by attending back further than `min_gap` tokens. With the
+tiny preset (block_size 16, block_count 4: a 64-token sparse window) `min_gap=96` forces the
+sparse stream to *select* the block holding the statement, which is exactly what block selection
+has to learn. Queries are emitted before `max_gap` bytes so that most pairs share a packed row.
+
+Values are fresh random digits in every statement, so nothing can be memorised: the only way to
+predict them is recall. Generation is seeded and pure Python (no file, no download).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+KEYS = (
+    "apple river stone cloud tiger violin garden candle marble forest copper lantern harbor meadow "
+    "pepper falcon orchid canyon rocket velvet walnut glacier bishop cactus dragon ember feather "
+    "galaxy hammer island jacket kettle ladder magnet needle oyster parrot quartz raven saddle "
+    "thimble umbrella vessel wizard yacht zebra anchor bamboo cobalt dolphin eagle fossil ginger "
+    "helmet iguana jungle koala lemon mango nickel olive panda quiver ribbon salmon tulip"
+).split()
+
+_SUBJECTS = "the farmer|a child|the old sailor|my neighbor|the baker|a tired student|the captain|our teacher|the small dog|a stranger".split("|")
+_VERBS = "carried|painted|found|watched|cleaned|forgot|sold|borrowed|admired|repaired|followed|described".split("|")
+_ADJS = "green|quiet|heavy|bright|broken|tiny|ancient|warm|narrow|golden|muddy|gentle".split("|")
+_OBJECTS = "basket|wagon|letter|window|bridge|blanket|fence|bottle|map|chair|drum|kite".split("|")
+_PLACES = "market|hill|station|library|kitchen|harbor|village|field|bakery|tower|school|barn".split("|")
+_TIMES = "in the morning|after lunch|at night|before the rain|on sunday|during the storm|at dawn|later".split("|")
+
+
+@dataclass(frozen=True)
+class RecallSpec:
+    """Shape of the generated documents (sizes in bytes / characters)."""
+
+    doc_min: int = 600
+    doc_max: int = 1800
+    min_gap: int = 96
+    max_gap: int = 400
+    value_digits: int = 4
+    max_pending: int = 3
+
+    def validate(self) -> None:
+        for name in ("doc_min", "doc_max", "min_gap", "max_gap", "value_digits", "max_pending"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"data.synthetic.{name} must be a positive integer, got {v!r}")
+        if self.doc_max < self.doc_min:
+            raise ValueError(f"data.synthetic.doc_max ({self.doc_max}) must be >= doc_min ({self.doc_min})")
+        if self.max_gap <= self.min_gap:
+            raise ValueError(f"data.synthetic.max_gap ({self.max_gap}) must be > min_gap ({self.min_gap})")
+
+
+def _filler(rng: random.Random) -> str:
+    s = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} the {rng.choice(_ADJS)} {rng.choice(_OBJECTS)}"
+    r = rng.random()
+    if r < 0.4:
+        s += f" near the {rng.choice(_PLACES)}"
+    elif r < 0.7:
+        s += f" {rng.choice(_TIMES)}"
+    return s[0].upper() + s[1:] + ". "
+
+
+def _value(rng: random.Random, digits: int) -> str:
+    return "".join(rng.choice("0123456789") for _ in range(digits))
+
+
+def recall_document(rng: random.Random, spec: RecallSpec) -> str:
+    """One document. Returns text; statement->query distances lie in [min_gap, max_gap + ~60]."""
+    target = rng.randint(spec.doc_min, spec.doc_max)
+    parts: list[str] = []
+    pos = 0
+    pending: list[tuple[str, str, int]] = []  # (key, value, byte offset where the statement ended)
+    while pos < target or pending:
+        ready = [p for p in pending if pos - p[2] >= spec.min_gap]
+        overdue = [p for p in ready if pos - p[2] >= spec.max_gap - 60]
+        r = rng.random()
+        if overdue or (ready and r < 0.3) or (pos >= target and ready):
+            key, value, _ = (overdue or ready)[0] if overdue else rng.choice(ready)
+            pending = [p for p in pending if p[0] != key]
+            s = f"What is the code for {key}? It is {value}. "
+        elif pos < target and len(pending) < spec.max_pending and r < 0.55:
+            used = {p[0] for p in pending}
+            key = rng.choice([k for k in KEYS if k not in used])
+            value = _value(rng, spec.value_digits)
+            s = f"The code for {key} is {value}. "
+            pending.append((key, value, pos + len(s)))
+        else:
+            s = _filler(rng)
+        parts.append(s)
+        pos += len(s)
+    return "".join(parts).rstrip()
+
+
+def recall_documents(seed: int, num_bytes: int, spec: RecallSpec | None = None):
+    """Yield documents from a stream seeded by `seed` until about `num_bytes` bytes were produced."""
+    spec = spec or RecallSpec()
+    spec.validate()
+    rng = random.Random(seed)
+    produced = 0
+    while produced < num_bytes:
+        doc = recall_document(rng, spec)
+        produced += len(doc) + 1  # +1 for the EOS separator
+        yield doc
+
+
+def recall_probe(seed: int, distance: int, spec: RecallSpec | None = None) -> tuple[str, str]:
+    """A (prompt, answer) pair whose statement sits `distance` bytes of filler before the query.
+
+    For retrieval checks: the model should continue `prompt` with `answer` (the digits).
+    """
+    spec = spec or RecallSpec()
+    rng = random.Random(seed)
+    key = rng.choice(KEYS)
+    value = _value(rng, spec.value_digits)
+    filler = ""
+    while len(filler) < distance:
+        filler += _filler(rng)
+    return f"The code for {key} is {value}. {filler}What is the code for {key}? It is ", value
