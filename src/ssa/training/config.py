@@ -169,7 +169,8 @@ def apply_overrides(cfg: dict, items: list[str]) -> dict:
 def resolve_config(base: dict, *, method: str | None, overrides: list[str] | None = None,
                    preset: str | None = None) -> dict:
     """Merge, apply overrides and validate; returns the full config with every default filled in."""
-    cfg = apply_overrides(base, overrides or [])
+    # Keys starting with "_" are comments (presets document their provenance that way).
+    cfg = {k: v for k, v in apply_overrides(base, overrides or []).items() if not k.startswith("_")}
     unknown = sorted(set(cfg) - set(SECTIONS) - {"method", "preset"})
     if unknown:
         raise ValueError(f"unknown config section(s) {unknown}; allowed: {list(SECTIONS) + ['method', 'preset']}")

@@ -13,6 +13,7 @@ contiguous slice of every global batch.
 Sources (`data.source`):
   "synthetic-recall"  embedded generated corpus with long-range key->value recall (synthetic.py)
   "python-stdlib"     the .py files of this Python's standard library (one document per file)
+  "shared:REL"        REL inside the shared data folder ($SSA_DATA_DIR, else ../shared/data)
   PATH / GLOB / DIR   .txt (one document per file), .jsonl or .jsonl.gz (one document per line,
                       field `data.text_field`); a list of these is accepted too
 Held-out split: synthetic uses a different seed stream; gutenberg-style `train.jsonl.gz` uses the
@@ -36,7 +37,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .synthetic import RecallSpec, recall_documents
-from .tokenizer import encode_document, tokenizer_fingerprint
+from .tokenizer import encode_document, shared_data_dir, tokenizer_fingerprint
 
 EMBEDDED_SOURCES = ("synthetic-recall", "python-stdlib")
 FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
@@ -56,6 +57,12 @@ def resolve_files(source: str | os.PathLike | list) -> list[Path]:
     files: list[Path] = []
     for item in items:
         s = str(item)
+        if s.startswith("shared:"):
+            # "shared:gutenberg/train.jsonl.gz" -> inside the shared data folder ($SSA_DATA_DIR).
+            root = shared_data_dir()
+            if root is None:
+                raise FileNotFoundError(f"data.source {s}: no shared data folder found (set SSA_DATA_DIR)")
+            s = str(root / s[len("shared:"):])
         p = Path(s).expanduser()
         if p.is_file():
             if not _has_suffix(p):

@@ -132,7 +132,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     if vocab_size < 257:
-        raise ValueError(f"train-bpe:N needs N >= 257 (256 bytes + <|endoftext|>), got {vocab_size}")
+        raise ValueError(f"data.tokenizer train-bpe:N needs N >= 257 (256 bytes + <|endoftext|>), got {vocab_size}")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer, tok.decoder = _byte_level_parts()
     trainer = trainers.BpeTrainer(
