@@ -51,3 +51,58 @@ def test_tiny_run_loads(tiny_runs):
     assert loaded.eval_dir == tiny_runs["ssa"] / "eval"
     assert loaded.modes == ("full", "sparse")
     assert load(tiny_runs["nsa"]).modes == ("sparse",)
+
+
+class FakeOutput:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+class FakeConfig:
+    method = "full"
+    block_size = 8
+    block_count = 2
+    inference_mode = "full"
+    vocab_size = 257
+
+
+class BigramModel(torch.nn.Module):
+    """logits[t] = table[ids[t]]: log-likelihoods are computable by hand."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.table = torch.nn.Parameter(table, requires_grad=False)
+        self.config = FakeConfig()
+        self.calls = []
+
+    def forward(self, input_ids, attention_mode=None, block_count=None, block_size=None, **kw):
+        self.calls.append((attention_mode, block_count, tuple(input_ids.shape)))
+        return FakeOutput(self.table[input_ids])
+
+
+class CopyModel(torch.nn.Module):
+    """An induction oracle: at the last `k` positions, predict the token that followed the longest
+    earlier match of the current suffix (a perfect copier, for retrieval tests)."""
+
+    def __init__(self, vocab: int = 257, k: int = 8):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+        self.config = FakeConfig()
+        self.vocab, self.k = vocab, k
+
+    def forward(self, input_ids, **kw):
+        B, T = input_ids.shape
+        logits = torch.zeros(B, T, self.vocab)
+        for b in range(B):
+            ids = input_ids[b].tolist()
+            for t in range(max(0, T - self.k), T):
+                best, nxt = 0, None
+                for j in range(t):
+                    n = 0
+                    while n <= j and ids[j - n] == ids[t - n] and n < 64:
+                        n += 1
+                    if n > best:
+                        best, nxt = n, ids[j + 1]
+                if nxt is not None:
+                    logits[b, t, nxt] = 20.0
+        return FakeOutput(logits)

@@ -243,9 +243,9 @@ def _eval_extrapolation(loaded, args, modes, progress):
 
 
 def _eval_retrieval(loaded, args, modes, progress):
-    from ssa.evaluation.retrieval import RetrievalSpec, run_retrieval, summary_table
+    from ssa.evaluation.retrieval import RetrievalSpec, default_lengths, run_retrieval, summary_table
 
-    lengths = args.retrieval_lengths or [max(64, loaded.train_len // 2), loaded.train_len, 2 * loaded.train_len]
+    lengths = args.retrieval_lengths or default_lengths(loaded.tokenizer, loaded.train_len)
     spec = RetrievalSpec(lengths=lengths, depths=args.depths, haystacks=args.haystack,
                          samples=args.limit or 4, num_distractors=args.num_distractors, seed=args.seed)
     results = run_retrieval(loaded, spec, modes, args.block_count, progress=progress)
