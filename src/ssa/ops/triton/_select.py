@@ -1,0 +1,182 @@
+"""Fused exact top-k block selection (DESIGN §1.1) in one Triton kernel.
+
+One program handles BQ consecutive queries of one (batch, KV head) and all G query heads of the
+group, so its tile has BQ * GP rows (GP = G rounded up to a power of two, padded heads masked).
+
+Pass 1 streams over the candidate block keys and keeps, per (query, head) row, the online-softmax
+normalisers (running max and sum of exp). Pass 2 recomputes the same logits tile by tile, turns them
+into probabilities, sums them over the group and merges each tile into a per-query top-K buffer held
+in registers. Nothing of size T x T/s is ever written to memory.
+
+Exact top-k with ties to the lower index: a score in [0, G] is a non-negative float, so its bit
+pattern orders like the float. Each candidate becomes one int64 key
+    (score bits << 32) | (2**31 - 1 - block)   [computed as block ^ (2**31 - 1)]
+which is unique and orders by score, then by *lower* block first. The buffer is kept sorted
+descending; a tile is sorted ascending and `max(buffer[i], tile[i])` is then exactly the top-K of
+the union (the first half-cleaner step of a bitonic merge); one more sort restores the order.
+
+The block keys (means of k) are precomputed in float32 and split into a sum of NSPLIT half-precision
+parts (hi + lo), so two bf16 tensor-core products give the logits to about 2^-16 relative accuracy
+instead of the 2^-8 of a single bf16 rounding: the ranking then matches the float32 reference except
+between scores that are equal to within float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import LOG2E, mma, next_pow2
+
+# Block b is stored as b ^ _LOW_MAX == _LOW_MAX - b in the low word of a key (lower block, larger key).
+_LOW_MAX = tl.constexpr(2**31 - 1)
+
+
+@triton.jit
+def _kbar_logits(q, kb_base, c0, NBF, stride_n, stride_part,
+                 BN: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                 NSPLIT: tl.constexpr, IEEE: tl.constexpr):
+    """q [R, BD] @ kbar[c0:c0+BN]^T, summing the NSPLIT precision parts; fp32 [R, BN]."""
+    offs_c = c0 + tl.arange(0, BN)
+    offs_d = tl.arange(0, BD)
+    ptrs = kb_base + offs_c[None, :] * stride_n + offs_d[:, None]
+    mask = (offs_c < NBF)[None, :] & (offs_d < D)[:, None]
+    acc = tl.zeros((q.shape[0], BN), dtype=tl.float32)
+    for part in tl.static_range(NSPLIT):
+        kt = tl.load(ptrs + part * stride_part, mask=mask, other=0.0)
+        acc = mma(q, kt, acc, IEEE)
+    return acc
+
+
+@triton.jit
+def _select_kernel(
+    q_ptr, kb_ptr, out_ptr,
+    T, HK, NBF,
+    sq_b, sq_t, sq_h,
+    skb_b, skb_h, skb_part, skb_n,
+    so_b, so_t, so_h,
+    scale2,
+    S: tl.constexpr, N: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
+    D: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, BN1: tl.constexpr,
+    NSPLIT: tl.constexpr, IEEE: tl.constexpr,
+):
+    # Later query tiles have more candidates: launch them first so the tail of the grid is short.
+    pid_q = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // HK
+    hk = bh % HK
+    R: tl.constexpr = BQ * GP
+
+    rows = tl.arange(0, R)
+    t_row = pid_q * BQ + rows // GP
+    g_row = rows % GP
+    row_ok = (t_row < T) & (g_row < G)
+    cur_row = t_row // S
+    offs_d = tl.arange(0, BD)
+    q = tl.load(
+        q_ptr + b * sq_b + t_row[:, None] * sq_t + (hk * G + g_row)[:, None] * sq_h + offs_d[None, :],
+        mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0,
+    )
+    kb_base = kb_ptr + b * skb_b + hk * skb_h
+    t_last = tl.minimum(pid_q * BQ + BQ - 1, T - 1)
+    c_end = t_last // S  # no query of this tile has a candidate >= c_end
+
+    # Pass 1: per-row softmax normalisers over candidates c < c_t (log2 domain).
+    m = tl.full((R,), float("-inf"), tl.float32)
+    l = tl.zeros((R,), tl.float32)
+    for c0 in range(0, c_end, BN1):
+        x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE) * scale2
+        cand = ((c0 + tl.arange(0, BN1))[None, :] < cur_row[:, None]) & row_ok[:, None]
+        x = tl.where(cand, x, float("-inf"))
+        m_new = tl.maximum(m, tl.max(x, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no candidate yet
+        l = l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(x - m_safe[:, None]), 1)
+        m = m_new
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    inv_l = tl.where(l > 0, 1.0 / l, 0.0)
+
+    # Pass 2: group scores tile by tile, merged into a descending top-KB buffer of int64 keys.
+    t_q = pid_q * BQ + tl.arange(0, BQ)
+    cur_q = t_q // S
+    buf = tl.full((BQ, KB), -1, tl.int64)
+    for c0 in range(0, c_end, KB):
+        x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, KB, D, BD, NSPLIT, IEEE) * scale2
+        blk = c0 + tl.arange(0, KB)
+        cand = (blk[None, :] < cur_row[:, None]) & row_ok[:, None]  # padded heads score nothing
+        p = tl.where(cand, tl.exp2(x - m_safe[:, None]) * inv_l[:, None], 0.0)
+        score = tl.sum(tl.reshape(p, (BQ, GP, KB)), 1)  # [BQ, KB], the sum over the group
+        cand_q = blk[None, :] < cur_q[:, None]
+        bits = score.to(tl.int32, bitcast=True).to(tl.int64)
+        key = tl.where(cand_q, (bits << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :], -1)
+        # Skip the two sorts when no query of the tile beats its current K-th best.
+        kth = tl.min(buf, 1)
+        if tl.max((key > kth[:, None]).to(tl.int32)) > 0:
+            key = tl.sort(key, 1)  # ascending
+            buf = tl.sort(tl.maximum(buf, key), 1, descending=True)
+
+    # The top N-1 candidates plus the current block, sorted ascending, -1 padding last.
+    pos = tl.arange(0, KB)[None, :]
+    best = ((buf & _LOW_MAX) ^ _LOW_MAX).to(tl.int32)
+    BIG: tl.constexpr = 2**30
+    sel = tl.where((pos < N - 1) & (buf >= 0), best, BIG)
+    sel = tl.where(pos == N - 1, cur_q[:, None], sel)
+    sel = tl.sort(sel, 1)
+    sel = tl.where(sel == BIG, -1, sel)
+    tl.store(
+        out_ptr + b * so_b + t_q[:, None] * so_t + hk * so_h + pos,
+        sel, mask=(t_q < T)[:, None] & (pos < N),
+    )
+
+
+def block_key_parts(k: torch.Tensor, block_size: int, nsplit: int) -> torch.Tensor:
+    """Means of the complete key blocks, split into `nsplit` parts of k's dtype.
+
+    Returns [B, HK, nsplit, T // s, D]; the parts sum (in float32) to the float32 mean.
+    """
+    B, T, HK, D = k.shape
+    nbf = T // block_size
+    kbar = k[:, : nbf * block_size].float().view(B, nbf, block_size, HK, D).mean(2)
+    kbar = kbar.permute(0, 2, 1, 3)  # [B, HK, nbf, D]
+    parts, rest = [], kbar
+    for _ in range(nsplit):
+        part = rest.to(k.dtype)
+        parts.append(part)
+        rest = rest - part.float()
+    return torch.stack(parts, 2).contiguous()
+
+
+def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int, scale: float) -> torch.Tensor:
+    """Launch the fused selection kernel. q, k fp16/bf16/fp32 with unit stride in the last dim."""
+    B, T, HQ, D = q.shape
+    HK = k.shape[2]
+    G = HQ // HK
+    out = torch.empty(B, T, HK, block_count, dtype=torch.int32, device=q.device)
+    if B * T == 0:
+        return out
+    ieee = q.dtype == torch.float32
+    # fp16 has a narrow exponent range, so its low part may lose bits to subnormals; a third part
+    # costs one more product and keeps it accurate.
+    nsplit = 1 if ieee else (2 if q.dtype == torch.bfloat16 else 3)
+    kb = block_key_parts(k, block_size, nsplit)
+    KB = max(16, next_pow2(block_count))
+    GP0 = next_pow2(G)
+    # Rows per program ~128 for the tensor cores; fewer queries when the top-K buffer is wide so the
+    # [BQ, KB] int64 buffer stays in registers.
+    BQ = max(1, min(128 // GP0, 2048 // KB))
+    GP = max(GP0, 16 // BQ)  # at least 16 rows for tl.dot: pad heads when the group is tiny
+    BD = max(16, next_pow2(D))
+    BN1 = 64
+    grid = (triton.cdiv(T, BQ), B * HK)
+    _select_kernel[grid](
+        q, kb, out,
+        T, HK, kb.shape[3],
+        q.stride(0), q.stride(1), q.stride(2),
+        kb.stride(0), kb.stride(1), kb.stride(2), kb.stride(3),
+        out.stride(0), out.stride(1), out.stride(2),
+        scale * LOG2E,
+        S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BN1,
+        NSPLIT=nsplit, IEEE=ieee,
+        num_warps=4, num_stages=2,
+    )
+    return out

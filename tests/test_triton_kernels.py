@@ -1,0 +1,291 @@
+"""Triton kernels against the reference: selected indices, forward output, lse, dq, dk, dv.
+
+Without a GPU the kernels run under Triton's CPU interpreter (TRITON_INTERPRET=1, set here before
+Triton is imported, for this process). On a CUDA machine the same tests run the compiled kernels.
+Shapes are small because the interpreter executes every tile operation in NumPy.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from ssa.ops import api, reference  # noqa: E402
+
+tri = pytest.importorskip("ssa.ops.triton")
+from ssa.ops.triton import _attention  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _qkv(B, T, HQ, HK, D, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, T, h, D, generator=g) for h in (HQ, HK, HK))
+    return [x.to(DEVICE, dtype) for x in (q, k, v)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Selection
+# ----------------------------------------------------------------------------------------------
+
+
+def _reference_scores(q, k, s, scale):
+    """Group scores [B, T, HK, nb] (float32) of DESIGN §1.1, from the reference's own helper."""
+    kbar = reference.block_means(k, s)
+    score, _, _ = reference.block_scores(q, kbar, 0, s, scale)
+    return score
+
+
+def _check_selection(got, q, k, s, n, scale, tol):
+    """`got` must equal the reference except for swaps between blocks whose reference scores differ
+    by less than `tol` (float rounding); every row must be a valid selection either way."""
+    want = reference.select_blocks(q, k, s, n, scale)
+    assert got.shape == want.shape and got.dtype == torch.int32
+    differ = (got != want).any(-1)
+    if not differ.any():
+        return 0
+    score = _reference_scores(q.float(), k.float(), s, scale).cpu()
+    B, T, HK, _ = got.shape
+    for b, t, h in differ.nonzero().tolist():
+        g_row, w_row = got[b, t, h].cpu(), want[b, t, h].cpu()
+        cur = t // s
+        valid = g_row[g_row >= 0]
+        # Same shape of answer: ascending, -1 last, own block in, same number of valid slots.
+        assert (g_row[: len(valid)] >= 0).all() and (g_row[len(valid):] == -1).all(), g_row
+        assert (valid[1:] > valid[:-1]).all(), g_row
+        assert cur in valid.tolist() and len(valid) == (w_row >= 0).sum()
+        extra = set(valid.tolist()) - set(w_row.tolist())
+        missing = set(w_row[w_row >= 0].tolist()) - set(valid.tolist())
+        sc = score[b, t, h]
+        worst_pick = min(sc[c].item() for c in extra)
+        best_left = max(sc[c].item() for c in missing)
+        assert best_left - worst_pick <= tol, (b, t, h, sorted(extra), sorted(missing), best_left - worst_pick)
+    return int(differ.sum())
+
+
+SELECT_CASES = [
+    # B, T, HQ, HK, D, s, n, dtype
+    (2, 150, 4, 2, 32, 16, 4, torch.float32),  # G=2, batch 2, T % s != 0
+    (1, 200, 2, 2, 64, 16, 20, torch.float32),  # G=1, n > s and n > number of blocks
+    (1, 130, 8, 1, 32, 16, 6, torch.float32),  # G=8
+    (1, 120, 6, 2, 32, 8, 5, torch.float32),  # G=3 (padded group), s=8
+    (1, 200, 4, 1, 32, 4, 7, torch.float32),  # 50 blocks: several top-k tiles, merges and skips
+    (1, 199, 2, 1, 32, 5, 3, torch.float32),  # block size not a power of two
+    (1, 200, 4, 2, 128, 32, 3, torch.float32),  # D=128, s=32
+    (1, 200, 4, 1, 64, 2, 128, torch.float32),  # n=128, 100 blocks
+    (2, 160, 4, 1, 64, 4, 5, torch.bfloat16),
+    (1, 160, 4, 2, 64, 4, 5, torch.float16),
+]
+
+
+@pytest.mark.parametrize("B,T,HQ,HK,D,s,n,dtype", SELECT_CASES)
+def test_select_blocks_matches_reference(B, T, HQ, HK, D, s, n, dtype):
+    q, k, _ = _qkv(B, T, HQ, HK, D, dtype, seed=T + n)
+    scale = D ** -0.5
+    got = tri.select_blocks(q, k, s, n, scale)
+    # Scores lie in [0, G]; fp32 inputs agree to float rounding, half inputs to the ~2^-16 accuracy of
+    # the split block keys.
+    G = HQ // HK
+    tol = G * (2e-6 if dtype == torch.float32 else 2e-5)
+    mismatched = _check_selection(got, q, k, s, n, scale, tol)
+    assert mismatched <= max(2, got.shape[0] * got.shape[1] * got.shape[2] // 100)
+
+
+def test_select_blocks_ties_go_to_lower_block():
+    # Identical keys: every candidate block has exactly the same score, so the exact top-k must be
+    # the lowest block ids, bit for bit like the reference.
+    B, T, HQ, HK, D, s, n = 1, 120, 4, 2, 32, 4, 6
+    q, _, _ = _qkv(B, T, HQ, HK, D, torch.float32)
+    k = torch.ones(B, T, HK, D, device=DEVICE)
+    got = tri.select_blocks(q, k, s, n, D ** -0.5)
+    want = reference.select_blocks(q, k, s, n, D ** -0.5)
+    assert torch.equal(got.cpu(), want.cpu())
+    assert got[0, -1, 0].tolist() == [0, 1, 2, 3, 4, (T - 1) // s]
+
+
+def test_select_blocks_through_dispatch():
+    q, k, _ = _qkv(1, 90, 4, 2, 32, torch.float32, seed=3)
+    got = api.select_blocks(q, k, block_size=16, block_count=3, backend="triton")
+    _check_selection(got, q, k, 16, 3, 32 ** -0.5, 4e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Block-sparse attention, forward and backward
+# ----------------------------------------------------------------------------------------------
+
+
+def _random_indices(B, T, HK, n, s, seed):
+    """Messy but legal indices: unsorted, with -1 holes in the middle, blocks past the query
+    (masked by causality), duplicates avoided, the own block sometimes missing."""
+    g = torch.Generator().manual_seed(seed)
+    nb = -(-T // s)
+    idx = torch.stack([torch.randperm(nb, generator=g)[:n] for _ in range(B * T * HK)]).view(B, T, HK, -1)
+    if idx.shape[-1] < n:
+        idx = torch.cat([idx, torch.full((B, T, HK, n - idx.shape[-1]), -1)], -1)
+    holes = torch.rand(idx.shape, generator=g) < 0.2
+    idx = torch.where(holes, -1, idx)
+    idx[..., 0] = (torch.arange(T) // s)[None, :, None]  # keep every query non-empty
+    return idx.to(torch.int32).to(DEVICE)
+
+
+def _run(fn, q, k, v, idx, s, scale, do, dlse):
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    o, lse = fn(q, k, v, idx, s, scale, True)
+    loss = (o.float() * do).sum() + (lse * dlse).sum()
+    loss.backward()
+    return o, lse, q.grad, k.grad, v.grad
+
+
+def _close(name, got, want, rtol, atol):
+    got, want = got.float().cpu(), want.float().cpu()
+    err = (got - want).abs()
+    bound = atol + rtol * want.abs()
+    assert torch.isfinite(got).all(), name
+    assert (err <= bound).all(), f"{name}: max abs err {err.max():.3g}, worst excess {(err - bound).max():.3g}"
+
+
+ATTN_CASES = [
+    # B, T, HQ, HK, D, s, n, dtype, indices
+    (2, 77, 4, 2, 32, 16, 3, torch.float32, "select"),  # batch 2, G=2, T % s != 0
+    (1, 100, 2, 2, 64, 32, 2, torch.float32, "select"),  # G=1, s=32
+    (1, 64, 8, 1, 128, 16, 3, torch.float32, "random"),  # G=8, D=128
+    (1, 50, 3, 1, 32, 16, 2, torch.float32, "random"),  # G=3 (padded group)
+    (1, 150, 2, 1, 32, 64, 2, torch.float32, "select"),  # s=64
+    (1, 100, 4, 2, 32, 16, 20, torch.float32, "select"),  # n > number of blocks
+    (1, 90, 2, 1, 32, 8, 4, torch.float32, "random"),  # s=8 (padded key tile)
+    (2, 96, 4, 1, 64, 16, 4, torch.bfloat16, "select"),
+    (1, 80, 4, 2, 64, 16, 3, torch.float16, "random"),
+]
+
+
+@pytest.mark.parametrize("B,T,HQ,HK,D,s,n,dtype,indices", ATTN_CASES)
+def test_block_sparse_attention_matches_reference(B, T, HQ, HK, D, s, n, dtype, indices):
+    q, k, v = _qkv(B, T, HQ, HK, D, dtype, seed=B * T + D)
+    scale = D ** -0.5
+    if indices == "select":
+        idx = reference.select_blocks(q, k, s, n, scale)
+    else:
+        idx = _random_indices(B, T, HK, n, s, seed=T)
+    g = torch.Generator().manual_seed(1)
+    do = torch.randn(B, T, HQ, D, generator=g).to(DEVICE)
+    dlse = torch.randn(B, T, HQ, generator=g).to(DEVICE)  # a gradient through lse as well
+    got = _run(tri.block_sparse_attention, q, k, v, idx, s, scale, do, dlse)
+    # The reference in float32 on the same (rounded) inputs is the target.
+    want = _run(reference.block_sparse_attention, q.float(), k.float(), v.float(), idx, s, scale, do, dlse)
+    if dtype == torch.float32:
+        tol = dict(rtol=1e-4, atol=1e-4)
+    else:  # p and dS are rounded to half precision before the products, as in flash attention
+        tol = dict(rtol=3e-2, atol=3e-2)
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), got, want):
+        _close(name, a, b, **tol)
+    assert got[0].dtype == dtype and got[1].dtype == torch.float32
+    assert got[2].dtype == dtype and got[3].dtype == dtype and got[4].dtype == dtype
+
+
+def test_unselected_blocks_get_exactly_zero_gradient():
+    # Queries select their own block and block 0, except those of the last block, which select only
+    # block 0: nobody reads the last block, so its keys and values must get exactly zero gradient.
+    B, T, HQ, HK, D, s = 1, 96, 2, 1, 32, 16
+    q, k, v = _qkv(B, T, HQ, HK, D, torch.float32, seed=5)
+    cur = (torch.arange(T, device=DEVICE) // s)[None, :, None, None]
+    idx = torch.cat([torch.zeros_like(cur), cur], -1).to(torch.int32)
+    idx[:, :s, :, 1] = -1
+    idx[:, -s:, :, 1] = -1
+    k.requires_grad_()
+    v.requires_grad_()
+    tri.block_sparse_attention(q, k, v, idx, s, D ** -0.5).square().sum().backward()
+    assert (k.grad[:, -s:] == 0).all() and (v.grad[:, -s:] == 0).all()
+    assert (k.grad[:, :-s] != 0).any(-1).all() and (v.grad[:, :-s] != 0).any(-1).all()
+
+
+def test_long_query_lists_are_split_across_programs(monkeypatch):
+    # Every query selects block 0, so its list is T long; a tiny segment length forces many work
+    # items for that block whose partial dk/dv meet through atomic adds.
+    monkeypatch.setattr(_attention, "SEG", 4)
+    B, T, HQ, HK, D, s = 1, 100, 4, 2, 32, 16
+    q, k, v = _qkv(B, T, HQ, HK, D, torch.float32, seed=7)
+    cur = (torch.arange(T, device=DEVICE) // s)[None, :, None, None].expand(B, T, HK, 1)
+    idx = torch.cat([torch.zeros_like(cur), cur], -1).to(torch.int32)
+    idx[:, :s, :, 1] = -1
+    do = torch.randn(B, T, HQ, D).to(DEVICE)
+    dlse = torch.zeros(B, T, HQ).to(DEVICE)
+    got = _run(tri.block_sparse_attention, q, k, v, idx, s, D ** -0.5, do, dlse)
+    want = _run(reference.block_sparse_attention, q, k, v, idx, s, D ** -0.5, do, dlse)
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), got, want):
+        _close(name, a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_inverted_index_lists_exactly_the_selecting_queries():
+    B, T, HK, n, s = 2, 70, 2, 3, 8
+    idx = _random_indices(B, T, HK, n, s, seed=11)
+    qlist, key, start, end, num_keys = _attention.inverted_index(idx, T, s, seg=5)
+    nb = -(-T // s)
+    seen = {}
+    for w in range(key.numel()):
+        kk = int(key[w])
+        if kk >= num_keys:
+            continue
+        assert 0 < int(end[w]) - int(start[w]) <= 5
+        seen.setdefault(kk, []).extend(qlist[int(start[w]):int(end[w])].tolist())
+    for b in range(B):
+        for h in range(HK):
+            for c in range(nb):
+                want = sorted(t for t in range(T) for j in range(n) if int(idx[b, t, h, j]) == c)
+                assert sorted(seen.get((b * HK + h) * nb + c, [])) == want
+
+
+def test_dispatch_and_fallbacks():
+    q, k, v = _qkv(1, 64, 2, 1, 32, torch.float32, seed=2)
+    got = api.block_sparse_attention(q, k, v, block_size=16, block_count=2, backend="triton")
+    want = api.block_sparse_attention(q, k, v, block_size=16, block_count=2, backend="torch")
+    _close("o", got, want, rtol=1e-4, atol=1e-4)
+    # float64 has no kernel: the Triton entry points hand it to the reference.
+    q64, k64, v64 = (x.double() for x in (q, k, v))
+    idx = reference.select_blocks(q64, k64, 16, 2, 0.2)
+    assert torch.equal(tri.select_blocks(q64, k64, 16, 2, 0.2), idx)
+    o64 = tri.block_sparse_attention(q64, k64, v64, idx.long(), 16, 0.2)
+    assert o64.dtype == torch.float64
+
+
+def test_torch_compile_traces_the_custom_ops():
+    B, T, HQ, HK, D, s, n = 1, 64, 4, 2, 32, 16, 2
+    q, k, v = _qkv(B, T, HQ, HK, D, torch.float32, seed=4)
+
+    def step(q, k, v):
+        idx = tri.select_blocks(q, k, s, n, D ** -0.5)
+        o, lse = tri.block_sparse_attention(q, k, v, idx, s, D ** -0.5, True)
+        return o.square().sum() + lse.sum()
+
+    # aot_eager traces forward and backward graphs through the fake implementations without needing
+    # a C++ or GPU compiler; on a GPU the default inductor backend is used.
+    backend = "inductor" if DEVICE == "cuda" else "aot_eager"
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
+    grads = []
+    for fn in (step, compiled):
+        xs = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        fn(*xs).backward()
+        grads.append([x.grad for x in xs])
+    for a, b in zip(*grads):
+        _close("grad", a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_registered_ops_pass_opcheck():
+    B, T, HQ, HK, D, s = 1, 40, 2, 1, 32, 16
+    q, k, v = _qkv(B, T, HQ, HK, D, torch.float32, seed=6)
+    idx = reference.select_blocks(q, k, s, 2, 0.2)
+    q.requires_grad_()
+    torch.library.opcheck(
+        torch.ops.ssa.sparse_attention_fwd_triton.default, (q, k, v, idx, s, 0.2),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    torch.library.opcheck(
+        torch.ops.ssa.select_blocks_triton.default, (q.detach(), k, s, 2, 0.2),
+        test_utils=("test_schema", "test_faketensor"),
+    )
