@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 
@@ -64,5 +65,6 @@ def run(args) -> int:
             "loss": last.get("loss"), "ce_loss": last.get("ce_loss"), "align_loss": last.get("align_loss")}
     if summary.get("val"):
         line["val_ce"] = summary["val"].get("val_ce")
-    print(json.dumps(line))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        print(json.dumps(line))
     return 0
