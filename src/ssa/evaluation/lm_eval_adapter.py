@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 from . import loading
 from .loglikelihood import encode_pair, greedy_generate, score_continuations
 from .perplexity import Accumulator, sliding_window_score
-from .scoring import check_mode
 from .text import encode, eos_id
 
 
@@ -42,8 +41,8 @@ class SSALM(LM):
                              "block_size, device, dtype, batch_size, max_length, max_gen_toks, rope_factor")
         if attention_mode in ("", "none", "None"):
             attention_mode = None
-        if attention_mode is not None:
-            check_mode(attention_mode)
+        if attention_mode is not None and attention_mode not in ("full", "sparse"):
+            raise ValueError(f"model_args attention_mode must be one of ('full', 'sparse'), got {attention_mode!r}")
         for name, v in (("block_count", block_count), ("block_size", block_size), ("max_length", max_length),
                         ("max_gen_toks", max_gen_toks)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
