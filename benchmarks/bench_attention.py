@@ -1,0 +1,11 @@
+"""Sparse attention kernels vs SDPA (and FlexAttention): `python benchmarks/bench_attention.py [options]`.
+
+Same as `ssa bench attention`; see `ssa bench attention --help` for the options.
+"""
+
+import sys
+
+from ssa.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", "attention", *sys.argv[1:]]))

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One device session: native kernel tests, then the attention and train-step benchmarks.
+# Usage (repo root, on the GPU machine): OUT=/some/dir bash benchmarks/gpu_run.sh [tests|bench|all]
+set -o pipefail
+OUT=${OUT:-/tmp/ssa_bench}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+what=${1:-all}
+python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" | tee "$OUT/env.txt"
+if [ "$what" != bench ]; then
+  python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py 2>&1 | tail -30 | tee "$OUT/tests.txt"
+fi
+if [ "$what" != tests ]; then
+  python3 -m ssa.cli bench attention --json "$OUT/attention.json" 2>&1 | tee "$OUT/attention.txt"
+  python3 -m ssa.cli bench train-step --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.txt"
+fi

@@ -1,0 +1,262 @@
+"""`ssa bench attention|train-step`: GPU timings of the sparse kernels and of whole training steps.
+
+attention: selection alone, sparse forward (selection + attention), sparse backward and the peak
+memory of forward + backward, against PyTorch SDPA causal attention (flash backend) measured in the
+same process, and FlexAttention with the same selection as a second baseline where it fits.
+train-step: one optimizer step (forward, backward, AdamW) of a model shape for several methods.
+
+Times are medians of `triton.testing.do_bench` (CUDA events, warm-up excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+
+import torch
+
+from ..cli import CommandError
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="bench", metavar="WHAT", required=True)
+    a = sub.add_parser("attention", help="selection / sparse attention kernels vs SDPA and FlexAttention")
+    a.add_argument("--seq-lens", default="4096,8192,16384,32768,65536,131072",
+                   help="comma-separated sequence lengths (default: 4k..128k)")
+    a.add_argument("--batch", type=int, default=1)
+    a.add_argument("--q-heads", type=int, default=16)
+    a.add_argument("--kv-heads", type=int, default=1)
+    a.add_argument("--head-dim", type=int, default=64)
+    a.add_argument("--block-size", type=int, default=16)
+    a.add_argument("--block-count", type=int, default=16)
+    a.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16")
+    a.add_argument("--flex-max-len", type=int, default=16384,
+                   help="run the FlexAttention baseline up to this length (0: never); it needs a "
+                        "[T, T/s] selection map and compiles once per shape")
+    a.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition budget per measurement")
+    a.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+    t = sub.add_parser("train-step", help="one forward+backward+AdamW step per method")
+    t.add_argument("--preset", default="300m", help="model shape preset (configs/NAME.json)")
+    t.add_argument("--methods", default="full,moba,ssa")
+    t.add_argument("--seq-len", type=int, default=8192)
+    t.add_argument("--batch", type=int, default=1)
+    t.add_argument("--vocab-size", type=int, default=50257)
+    t.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
+    t.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
+    t.add_argument("--full-ratio", type=float, default=None,
+                   help="SSA mode draw; default: the preset's (the step cost does not depend on it: "
+                        "both streams run every step)")
+    t.add_argument("--json", default=None)
+
+
+def run(args) -> int:
+    if not torch.cuda.is_available():
+        raise CommandError("ssa bench needs a CUDA GPU (the kernels it times are GPU kernels)")
+    results = bench_attention(args) if args.bench == "attention" else bench_train_step(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def environment() -> dict:
+    import triton
+
+    return {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+    }
+
+
+# ---------------------------------------------------------------------------------------- attention
+
+
+def _median_ms(fn, rep_ms: int, grad_to_none=None) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=25, rep=rep_ms, grad_to_none=grad_to_none, return_mode="median"))
+
+
+def _peak_mib(fn) -> float:
+    """Peak memory allocated by fn beyond what was allocated before it, MiB."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _sdpa(q, k, v, scale):
+    """Causal SDPA on [B, T, H, D] inputs with the flash backend (GQA without copying k/v)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        return torch.nn.functional.scaled_dot_product_attention(
+            qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True
+        ).transpose(1, 2)
+
+
+def _flex_runner(q, k, v, idx, s, scale):
+    """FlexAttention computing the same block-sparse attention from a [T, T/s] selection map."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    B, T, HQ, _ = q.shape
+    HK = k.shape[2]
+    nb = -(-T // s)
+    selected = torch.zeros(B, HK, T, nb, dtype=torch.bool, device=q.device)
+    valid = idx >= 0
+    b_i, t_i, h_i, j_i = valid.nonzero(as_tuple=True)
+    selected[b_i, h_i, t_i, idx[b_i, t_i, h_i, j_i].long()] = True
+    G = HQ // HK
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return selected[b, h // G, q_idx, kv_idx // s] & (kv_idx <= q_idx)
+
+    mask = create_block_mask(mask_mod, B, HQ, T, T, device=q.device, _compile=True)
+    flex = torch.compile(flex_attention, dynamic=False)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    return lambda: flex(qt, kt, vt, block_mask=mask, scale=scale, enable_gqa=True).transpose(1, 2)
+
+
+def bench_attention(args) -> dict:
+    from ..ops import block_sparse_attention, select_blocks
+
+    dtype = getattr(torch, args.dtype)
+    B, HQ, HK, D, s, n = args.batch, args.q_heads, args.kv_heads, args.head_dim, args.block_size, args.block_count
+    scale = D ** -0.5
+    env = environment()
+    rows = []
+    print(f"# {env}\n# B={B} HQ={HQ} HK={HK} D={D} s={s} n={n} {args.dtype}", flush=True)
+    for T in (int(x) for x in args.seq_lens.split(",")):
+        g = torch.Generator(device="cuda").manual_seed(T)
+        q = torch.randn(B, T, HQ, D, device="cuda", dtype=dtype, generator=g)
+        k = torch.randn(B, T, HK, D, device="cuda", dtype=dtype, generator=g)
+        v = torch.randn(B, T, HK, D, device="cuda", dtype=dtype, generator=g)
+        do = torch.randn_like(q)
+        leaves = [x.requires_grad_() for x in (q, k, v)]
+        row = {"T": T}
+
+        with torch.no_grad():
+            row["select_ms"] = _median_ms(lambda: select_blocks(q, k, s, n, scale, backend="triton"), args.rep_ms)
+            idx = select_blocks(q, k, s, n, scale, backend="triton")
+            row["sparse_fwd_ms"] = _median_ms(
+                lambda: block_sparse_attention(q, k, v, s, n, None, scale, backend="triton"), args.rep_ms)
+            row["sdpa_fwd_ms"] = _median_ms(lambda: _sdpa(q, k, v, scale), args.rep_ms)
+        o = block_sparse_attention(q, k, v, s, n, idx, scale, backend="triton")
+        row["sparse_bwd_ms"] = _median_ms(lambda: o.backward(do, retain_graph=True), args.rep_ms, leaves)
+        o = _sdpa(q, k, v, scale)
+        row["sdpa_bwd_ms"] = _median_ms(lambda: o.backward(do, retain_graph=True), args.rep_ms, leaves)
+        del o
+        for x in leaves:
+            x.grad = None
+
+        def sparse_step():
+            i = select_blocks(q, k, s, n, scale, backend="triton")
+            block_sparse_attention(q, k, v, s, n, i, scale, backend="triton").backward(do)
+
+        row["sparse_peak_mib"] = _peak_mib(sparse_step)
+        for x in leaves:
+            x.grad = None
+        row["sdpa_peak_mib"] = _peak_mib(lambda: _sdpa(q, k, v, scale).backward(do))
+        for x in leaves:
+            x.grad = None
+        row["index_mib"] = idx.numel() * 4 / 2**20
+        if T <= args.flex_max_len:
+            try:
+                flex = _flex_runner(q, k, v, idx, s, scale)
+                with torch.no_grad():
+                    row["flex_fwd_ms"] = _median_ms(flex, args.rep_ms)
+                o = flex()
+                row["flex_bwd_ms"] = _median_ms(lambda: o.backward(do, retain_graph=True), args.rep_ms, leaves)
+                del o, flex
+            except Exception as err:  # FlexAttention is a baseline only: record why it did not run
+                row["flex_error"] = f"{type(err).__name__}: {str(err)[:200]}"
+        row["fwd_speedup"] = row["sdpa_fwd_ms"] / row["sparse_fwd_ms"]
+        row["bwd_speedup"] = row["sdpa_bwd_ms"] / row["sparse_bwd_ms"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del q, k, v, do, leaves, idx
+        torch.cuda.empty_cache()
+
+    print("\n| T | select ms | sparse fwd ms | SDPA fwd ms | fwd x | sparse bwd ms | SDPA bwd ms | bwd x "
+          "| flex fwd / bwd ms | peak MiB sparse / SDPA (index) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        flex = f"{r['flex_fwd_ms']:.2f} / {r['flex_bwd_ms']:.2f}" if "flex_fwd_ms" in r else ("error" if "flex_error" in r else "-")
+        print(f"| {r['T'] // 1024}k | {r['select_ms']:.3f} | {r['sparse_fwd_ms']:.3f} | {r['sdpa_fwd_ms']:.3f} "
+              f"| {r['fwd_speedup']:.2f} | {r['sparse_bwd_ms']:.3f} | {r['sdpa_bwd_ms']:.3f} | {r['bwd_speedup']:.2f} "
+              f"| {flex} | {r['sparse_peak_mib']:.0f} / {r['sdpa_peak_mib']:.0f} ({r['index_mib']:.1f}) |")
+    return {"env": env, "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}
+
+
+# --------------------------------------------------------------------------------------- train step
+
+
+def bench_train_step(args) -> dict:
+    from ..model import SSAConfig, SSAForCausalLM
+    from ..training.config import load_preset
+
+    shape = dict(load_preset(args.preset)["model"])
+    shape.pop("_comment", None)
+    if args.layers is not None:
+        shape["num_hidden_layers"] = args.layers
+    if args.full_ratio is not None:
+        shape["full_ratio"] = args.full_ratio
+    shape["max_position_embeddings"] = max(shape.get("max_position_embeddings", 0), args.seq_len)
+    env = environment()
+    print(f"# {env}\n# preset={args.preset} seq_len={args.seq_len} batch={args.batch} {shape}", flush=True)
+    rows = []
+    for method in args.methods.split(","):
+        torch.manual_seed(0)
+        cfg = SSAConfig(method=method, vocab_size=args.vocab_size, backend="auto", **shape)
+        model = SSAForCausalLM(cfg).cuda().train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+        ids = torch.randint(0, args.vocab_size, (args.batch, args.seq_len), device="cuda")
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(ids, labels=ids)
+            out.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(args.steps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        times.sort()
+        row = {
+            "method": method,
+            "step_ms": times[len(times) // 2],
+            "min_ms": times[0],
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del model, opt
+        torch.cuda.empty_cache()
+    base = next((r["step_ms"] for r in rows if r["method"] == "full"), None)
+    print("\n| method | step ms (median) | vs full | peak GiB | params M |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['step_ms'] / base:.3f}" if base else "-"
+        print(f"| {r['method']} | {r['step_ms']:.1f} | {ratio} | {r['peak_gib']:.1f} | {r['params_m']:.0f} |")
+    return {"env": env, "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "shape": shape,
+            "rows": rows, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
