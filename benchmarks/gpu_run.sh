@@ -9,9 +9,9 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 what=${1:-all}
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" | tee "$OUT/env.txt"
 if [ "$what" != bench ]; then
-  python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py 2>&1 | tail -30 | tee "$OUT/tests.txt"
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py 2>&1 | tail -30 | tee "$OUT/tests.txt"
 fi
 if [ "$what" != tests ]; then
-  python3 -m ssa.cli bench attention --json "$OUT/attention.json" 2>&1 | tee "$OUT/attention.txt"
-  python3 -m ssa.cli bench train-step --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.txt"
+  timeout 240 python3 -m ssa.cli bench attention ${ATTN_ARGS:-} --json "$OUT/attention.json" 2>&1 | tee "$OUT/attention.txt"
+  timeout 150 python3 -m ssa.cli bench train-step ${TRAIN_ARGS:-} --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.txt"
 fi
