@@ -1,0 +1,213 @@
+"""PNG figures of the comparison report (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+MODE_STYLE = {"sparse": "-", "full": "--"}
+
+
+def _colors(runs):
+    cmap = plt.get_cmap("tab10")
+    return {r["name"]: cmap(i % 10) for i, r in enumerate(runs)}
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def budget_curve(runs, path: Path) -> Path | None:
+    data = [(r, r["results"]["perplexity"]) for r in runs if r["results"].get("perplexity")]
+    if not data:
+        return None
+    colors = _colors(runs)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r, doc in data:
+        sparse = [x for x in doc["results"] if x["mode"] == "sparse"]
+        if sparse:
+            ax.plot([x["receptive_field"] for x in sparse], [x["ppl"] for x in sparse], "o-", color=colors[r["name"]],
+                    label=f"{r['name']} sparse")
+        full = [x for x in doc["results"] if x["mode"] == "full"]
+        if full:
+            ax.axhline(full[0]["ppl"], ls="--", color=colors[r["name"]], lw=1, label=f"{r['name']} full")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("receptive field (block_count x block_size tokens)")
+    ax.set_ylabel("perplexity")
+    ax.set_title("Sparse budget sweep (dashed: full attention)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def ppl_vs_length(runs, path: Path) -> Path | None:
+    data = [(r, r["results"]["extrapolation"]) for r in runs if r["results"].get("extrapolation")]
+    if not data:
+        return None
+    ropes = sorted({x["rope"] for _, d in data for x in d["results"]})
+    colors = _colors(runs)
+    fig, axes = plt.subplots(1, len(ropes), figsize=(6 * len(ropes), 4.5), squeeze=False, sharey=True)
+    for ax, rope in zip(axes[0], ropes):
+        for r, doc in data:
+            for mode in ("sparse", "full"):
+                pts = sorted((x["length"], x["ppl"]) for x in doc["results"] if x["rope"] == rope and x["mode"] == mode)
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", ls=MODE_STYLE[mode], color=colors[r["name"]],
+                            label=f"{r['name']} {mode}")
+        train_len = data[0][1]["settings"].get("train_len")
+        if train_len:
+            ax.axvline(train_len, color="gray", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("evaluation length (tokens); dotted: training length")
+        ax.set_title(f"RoPE: {'as trained' if rope == 'none' else 'llama3 scaling, factor L/train_len'}")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("perplexity (log scale)")
+    axes[0][-1].legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def attention_by_layer(runs, path: Path) -> Path | None:
+    data = [(r, r["results"]["attention"]) for r in runs if r["results"].get("attention")]
+    if not data:
+        return None
+    colors = _colors(runs)
+    keys = [("sparsity", "attention sparsity (mass in own selection)"), ("entropy_bits", "attention entropy (bits)"),
+            ("sink_block_mass", "sink mass (first block)")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4.2))
+    for ax, (key, title) in zip(axes, keys):
+        for r, doc in data:
+            for mode, summ in doc["modes"].items():
+                ys = [L[key] for L in summ["layers"]]
+                ax.plot(range(len(ys)), ys, marker="o", ls=MODE_STYLE.get(mode, "-"), color=colors[r["name"]],
+                        label=f"{r['name']} {mode}")
+        ax.set_xlabel("layer")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    n = data[0][1]["settings"].get("block_count")
+    s = data[0][1]["settings"].get("block_size")
+    fig.suptitle(f"Attention statistics by layer (budget {n}x{s}; solid: sparse inference, dashed: full)", fontsize=10)
+    axes[-1].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def retrieval_heatmap(runs, path: Path, key: str = "rank_accuracy") -> Path | None:
+    panels = []
+    for r in runs:
+        doc = r["results"].get("retrieval")
+        if not doc:
+            continue
+        for mode in ("sparse", "full"):
+            rows = [x for x in doc["results"] if x["mode"] == mode]
+            if rows:
+                panels.append((r["name"], mode, rows))
+    if not panels:
+        return None
+    cols = min(4, len(panels))
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.2 * nrows), squeeze=False)
+    im = None
+    for ax, (name, mode, rows) in zip(axes.flat, panels):
+        lengths = sorted({x["length"] for x in rows})
+        depths = sorted({x["depth"] for x in rows})
+        grid = [[0.0] * len(lengths) for _ in depths]
+        counts = [[0] * len(lengths) for _ in depths]
+        for x in rows:  # mean over haystacks
+            i, j = depths.index(x["depth"]), lengths.index(x["length"])
+            grid[i][j] += x[key]
+            counts[i][j] += 1
+        grid = [[g / max(c, 1) for g, c in zip(gr, cr)] for gr, cr in zip(grid, counts)]
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="upper")
+        for i in range(len(depths)):
+            for j in range(len(lengths)):
+                ax.text(j, i, f"{grid[i][j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if grid[i][j] < 0.6 else "black")
+        ax.set_xticks(range(len(lengths)), [str(L) for L in lengths], fontsize=7)
+        ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=7)
+        ax.set_xlabel("context length (tokens)", fontsize=8)
+        ax.set_ylabel("needle depth", fontsize=8)
+        ax.set_title(f"{name} {mode}", fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    label = "rank@1 of the true key" if key == "rank_accuracy" else "greedy exact match"
+    fig.suptitle(f"Passkey retrieval: {label}", fontsize=10)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def training_curves(runs, path: Path) -> Path | None:
+    data = [(r, [m for m in r["metrics"] if "step" in m and ("ce" in m or "loss" in m)]) for r in runs]
+    data = [(r, m) for r, m in data if m]
+    if not data:
+        return None
+    colors = _colors(runs)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r, m in data:
+        key = "ce" if "ce" in m[0] else "loss"
+        ax.plot([x["step"] for x in m], [x[key] for x in m], color=colors[r["name"]], label=f"{r['name']} train {key}")
+        val = [x for x in m if isinstance(x.get("val_ce", x.get("val_loss")), (int, float))]
+        if val:
+            ax.plot([x["step"] for x in val], [x.get("val_ce", x.get("val_loss")) for x in val], "o--",
+                    color=colors[r["name"]], label=f"{r['name']} val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title("Training curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def selection_distance(runs, path: Path) -> Path | None:
+    """Where the selected blocks are (sparse mode, last layer) and where full attention's mass is."""
+    data = [(r, r["results"]["attention"]) for r in runs if r["results"].get("attention")]
+    if not data:
+        return None
+    colors = _colors(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r, doc in data:
+        summ = doc["modes"].get("sparse") or next(iter(doc["modes"].values()))
+        edges = summ["distance_bin_edges"]
+        last = summ["layers"][-1]
+        for ax, key in zip(axes, ("selection_distance_hist", "distance_mass")):
+            ys = last[key]
+            k = max((i for i, y in enumerate(ys) if y > 0), default=0) + 1
+            ax.plot(range(k), ys[:k], marker="o", color=colors[r["name"]], label=r["name"])
+            ax.set_xticks(range(k), [str(e) for e in edges[:k]], fontsize=7)
+    axes[0].set_title("selected blocks by distance (last layer, sparse)")
+    axes[1].set_title("full-attention mass by block distance (last layer)")
+    for ax in axes:
+        ax.set_xlabel("query block - key block (bin lower edge, blocks)")
+        ax.set_ylabel("fraction")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    return _save(fig, path)
+
+
+ALL = {
+    "budget_curve.png": budget_curve,
+    "ppl_vs_length.png": ppl_vs_length,
+    "attention_by_layer.png": attention_by_layer,
+    "selection_distance.png": selection_distance,
+    "retrieval_heatmap.png": retrieval_heatmap,
+    "training_curves.png": training_curves,
+}
+
+
+def write_all(runs, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fn in ALL.items():
+        p = fn(runs, out_dir / name)
+        if p is not None:
+            written.append(p)
+    return written
