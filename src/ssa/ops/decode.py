@@ -158,6 +158,8 @@ def sparse_decode(
         from .decode_triton import sparse_decode_triton
 
         o, idx = sparse_decode_triton(q, k_cache, v_cache, kbar, lengths, block_size, block_count, scale, max_length)
+        if return_indices:  # the kernel lists the current block first; give the standard sorted format
+            idx = sort_block_indices(idx)
     else:
         idx = select_blocks_decode_reference(q, kbar, lengths, block_size, block_count, scale)
         o = sparse_decode_reference(q, k_cache, v_cache, idx, lengths, block_size, scale)
@@ -208,6 +210,13 @@ def window_decode(q, k_cache, v_cache, lengths, window: int = 128, scale=None):
     pos = t - window + 1 + torch.arange(window, device=q.device)[None, None, :]
     pos = pos.expand(-1, HK, -1)
     return _attend_positions(q, k_cache, v_cache, pos, pos >= 0, scale)
+
+
+def sort_block_indices(idx: torch.Tensor) -> torch.Tensor:
+    """Valid block ids ascending, empty slots (-1) last."""
+    big = torch.iinfo(idx.dtype).max
+    key = torch.where(idx < 0, torch.full_like(idx, big), idx).sort(dim=-1).values
+    return torch.where(key == big, torch.full_like(key, -1), key)
 
 
 def _triton_available() -> bool:

@@ -1,0 +1,217 @@
+"""Triton kernels for one sparse decode step (one query per row, rows of different lengths).
+
+Three launches, none of which reads more than the block means and the selected blocks:
+
+1. `_split_stats`  grid (B, HK, splits): each program scores BC complete-block means against the
+   G query heads of its KV head and keeps per-head softmax partials (max, sum of exp).
+2. `_split_topk`   grid (B, HK, splits): combines the partials into each head's exact normaliser,
+   recomputes its BC logits, sums the G probabilities into block scores (DESIGN §1.1) and writes its
+   local top n-1 (score, block), ties to the lower block.
+3. `_merge_attend` grid (B, HK): merges the local lists into the exact global top n-1 (the global
+   top n-1 is a subset of the union of local top n-1s), adds the current block, and runs online-
+   softmax attention of the G heads over the selected blocks' keys (causal inside the current one).
+
+Splitting the scoring over programs matters at long context: at 128k tokens and s=16 there are 8192
+block means per KV head, which one program would read far slower than the whole chip. The block
+means are float32 and scored with IEEE float32 products, so the ranking matches the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Triton's CPU interpreter multiplies half-precision tiles incorrectly, so under it the products
+# run on float32 copies (half x half products are exact in float32; only summation order changes).
+_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
+_NONE = tl.constexpr(2**30)  # "no block" while merging; larger than any block id
+BLOCKS_PER_SPLIT = 128
+
+
+def _pow2(x: int, at_least: int = 1) -> int:
+    return max(at_least, 1 << max(0, math.ceil(math.log2(max(1, x)))))
+
+
+@triton.jit
+def _dot_t(a, b, IEEE: tl.constexpr):
+    """a [M, K] @ b[N, K]^T with float32 accumulation."""
+    if _INTERPRET:
+        return tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)))
+    elif IEEE:
+        return tl.dot(a, tl.trans(b), input_precision="ieee")
+    else:
+        return tl.dot(a, tl.trans(b))
+
+
+@triton.jit
+def _block_logits(q_ptr, kbar_ptr, b, h, sp, ct, sq_b, sq_h, skb_b, skb_n, skb_h, scale,
+                  G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr):
+    """Logits [GP, BC] of the group's heads against block means sp*BC.. (non-candidates -inf)."""
+    offs_g = tl.arange(0, GP)
+    offs_d = tl.arange(0, BD)
+    offs_c = sp * BC + tl.arange(0, BC)
+    q = tl.load(q_ptr + b * sq_b + (h * G + offs_g)[:, None] * sq_h + offs_d[None, :],
+                mask=(offs_g < G)[:, None] & (offs_d < D)[None, :], other=0.0).to(tl.float32)
+    kb = tl.load(kbar_ptr + b * skb_b + offs_c[:, None] * skb_n + h * skb_h + offs_d[None, :],
+                 mask=(offs_c < ct)[:, None] & (offs_d < D)[None, :], other=0.0)
+    logits = _dot_t(q, kb, True) * scale
+    return tl.where((offs_c < ct)[None, :], logits, float("-inf")), offs_g, offs_c
+
+
+@triton.jit
+def _split_stats(q_ptr, kbar_ptr, len_ptr, m_ptr, l_ptr, sq_b, sq_h, skb_b, skb_n, skb_h, HK, NSP, scale,
+                 S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                 BC: tl.constexpr):
+    b, h, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ct = (tl.load(len_ptr + b) - 1) // S  # current block = number of candidate blocks
+    logits, offs_g, _ = _block_logits(q_ptr, kbar_ptr, b, h, sp, ct, sq_b, sq_h, skb_b, skb_n, skb_h, scale,
+                                      G, GP, D, BD, BC)
+    m = tl.max(logits, 1)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)  # a split with no candidates: l = 0
+    l = tl.sum(tl.exp(logits - m_safe[:, None]), 1)
+    out = ((b * HK + h) * NSP + sp) * GP + offs_g
+    tl.store(m_ptr + out, m)
+    tl.store(l_ptr + out, l)
+
+
+@triton.jit
+def _split_topk(q_ptr, kbar_ptr, len_ptr, m_ptr, l_ptr, cs_ptr, ci_ptr, sq_b, sq_h, skb_b, skb_n, skb_h,
+                HK, NSP, scale, S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+                BD: tl.constexpr, BC: tl.constexpr, NSPP: tl.constexpr, NM1: tl.constexpr):
+    b, h, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    ct = (tl.load(len_ptr + b) - 1) // S
+    # Each head's softmax normaliser over all candidates, from every split's partials.
+    offs_s = tl.arange(0, NSPP)
+    offs_gp = tl.arange(0, GP)
+    part = ((b * HK + h) * NSP + offs_s)[:, None] * GP + offs_gp[None, :]
+    ms = tl.load(m_ptr + part, mask=(offs_s < NSP)[:, None], other=float("-inf"))
+    ls = tl.load(l_ptr + part, mask=(offs_s < NSP)[:, None], other=0.0)
+    M = tl.max(ms, 0)
+    M = tl.where(M == float("-inf"), 0.0, M)
+    L = tl.sum(ls * tl.exp(ms - M[None, :]), 0)
+    L = tl.where(L > 0, L, 1.0)
+
+    logits, offs_g, offs_c = _block_logits(q_ptr, kbar_ptr, b, h, sp, ct, sq_b, sq_h, skb_b, skb_n, skb_h,
+                                           scale, G, GP, D, BD, BC)
+    p = tl.exp(logits - M[:, None]) / L[:, None]
+    p = tl.where((offs_g < G)[:, None] & (offs_c < ct)[None, :], p, 0.0)
+    score = tl.where(offs_c < ct, tl.sum(p, 0), -1.0)  # candidates score in [0, G]
+
+    out = ((b * HK + h) * NSP + sp) * NM1
+    for k in range(NM1):
+        best = tl.max(score, 0)
+        pick = tl.min(tl.where(score == best, offs_c, _NONE), 0)  # ties: the lower block
+        ok = best >= 0
+        tl.store(cs_ptr + out + k, tl.where(ok, best, -1.0))
+        tl.store(ci_ptr + out + k, tl.where(ok, pick, -1))
+        score = tl.where(offs_c == pick, -2.0, score)
+
+
+@triton.jit
+def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, cs_ptr, ci_ptr, idx_ptr, o_ptr,
+                  sq_b, sq_h, sk_b, sk_l, sk_h, so_b, so_h, HK, NSP, scale,
+                  S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                  SP: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, MC: tl.constexpr,
+                  HAS_CAND: tl.constexpr, IEEE: tl.constexpr):
+    b, h = tl.program_id(0), tl.program_id(1)
+    t = tl.load(len_ptr + b) - 1
+    ct = t // S
+    offs_n = tl.arange(0, NP)
+    # Slot 0: the current block; slots 1..: the winners by descending score; -1: empty.
+    sel = tl.where(offs_n == 0, ct, -1)
+    if HAS_CAND:
+        total = NSP * (N - 1)
+        offs_m = tl.arange(0, MC)
+        base = (b * HK + h) * total
+        cs = tl.load(cs_ptr + base + offs_m, mask=offs_m < total, other=-1.0)
+        ci = tl.load(ci_ptr + base + offs_m, mask=offs_m < total, other=-1)
+        for k in range(N - 1):
+            best = tl.max(cs, 0)
+            pick = tl.min(tl.where(cs == best, ci, _NONE), 0)
+            sel = tl.where(offs_n == k + 1, tl.where(best >= 0, pick, -1), sel)
+            cs = tl.where(ci == pick, -2.0, cs)
+    tl.store(idx_ptr + (b * HK + h) * N + offs_n, sel, mask=offs_n < N)
+
+    offs_g = tl.arange(0, GP)
+    offs_d = tl.arange(0, BD)
+    offs_s = tl.arange(0, SP)
+    gmask = offs_g < G
+    dmask = offs_d < D
+    q = tl.load(q_ptr + b * sq_b + (h * G + offs_g)[:, None] * sq_h + offs_d[None, :],
+                mask=gmask[:, None] & dmask[None, :], other=0.0)
+    m_i = tl.full([GP], float("-inf"), tl.float32)
+    l_i = tl.zeros([GP], tl.float32)
+    acc = tl.zeros([GP, BD], tl.float32)
+    for i in range(N):
+        blk = tl.sum(tl.where(offs_n == i, sel, 0), 0)
+        pos = blk * S + offs_s
+        visible = (offs_s < S) & (pos <= t) & (blk >= 0)
+        kv_off = b * sk_b + pos[:, None] * sk_l + h * sk_h + offs_d[None, :]
+        kv_mask = visible[:, None] & dmask[None, :]
+        k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
+        s = _dot_t(q, k, IEEE) * scale
+        s = tl.where(visible[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        dead = m_new == float("-inf")  # nothing visible yet (cannot happen after slot 0)
+        alpha = tl.where(dead, 1.0, tl.exp(m_i - m_new))
+        p = tl.where(dead[:, None], 0.0, tl.exp(s - m_new[:, None]))
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if _INTERPRET:
+            pv = tl.dot(p, v.to(tl.float32))
+        elif IEEE:
+            pv = tl.dot(p, v, input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+    o = acc / l_i[:, None]
+    tl.store(o_ptr + b * so_b + (h * G + offs_g)[:, None] * so_h + offs_d[None, :],
+             o.to(o_ptr.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])
+
+
+def sparse_decode_triton(q, k_cache, v_cache, kbar, lengths, block_size: int, block_count: int, scale: float,
+                         max_length: int):
+    """o [B, HQ, D] and the selection [B, HK, n] (current block first, then by score, -1 empty).
+
+    Arguments are validated by `ssa.ops.decode.sparse_decode`. `max_length` (a host int, the
+    longest row) sizes the grid without a device sync.
+    """
+    B, HQ, D = q.shape
+    HK = k_cache.shape[2]
+    G = HQ // HK
+    q = q.contiguous()
+    kbar = kbar.float()
+    if kbar.stride(-1) != 1:
+        kbar = kbar.contiguous()
+    if k_cache.stride(-1) != 1 or v_cache.stride() != k_cache.stride():
+        k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
+    lengths = lengths.to(device=q.device, dtype=torch.int32)
+    GP, BD, SP = _pow2(G, 16), _pow2(D, 16), _pow2(block_size, 16)
+    N, BC = block_count, BLOCKS_PER_SPLIT
+    candidates = (max_length - 1) // block_size
+    has_cand = candidates > 0 and N > 1
+    nsp = triton.cdiv(candidates, BC) if has_cand else 1
+    idx = torch.empty(B, HK, N, dtype=torch.int32, device=q.device)
+    o = torch.empty_like(q)
+    cs = ci = idx  # placeholders when there is nothing to score
+    if has_cand:
+        m = torch.empty(B, HK, nsp, GP, dtype=torch.float32, device=q.device)
+        l = torch.empty_like(m)
+        cs = torch.empty(B, HK, nsp, N - 1, dtype=torch.float32, device=q.device)
+        ci = torch.empty(B, HK, nsp, N - 1, dtype=torch.int32, device=q.device)
+        common = (q.stride(0), q.stride(1), kbar.stride(0), kbar.stride(1), kbar.stride(2), HK, nsp, scale)
+        meta = dict(S=block_size, G=G, GP=GP, D=D, BD=BD, BC=BC)
+        _split_stats[(B, HK, nsp)](q, kbar, lengths, m, l, *common, **meta)
+        _split_topk[(B, HK, nsp)](q, kbar, lengths, m, l, cs, ci, *common, **meta, NSPP=_pow2(nsp), NM1=N - 1)
+    _merge_attend[(B, HK)](
+        q, k_cache, v_cache, lengths, cs, ci, idx, o,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), o.stride(0), o.stride(1),
+        HK, nsp, scale, S=block_size, G=G, GP=GP, D=D, BD=BD, SP=SP, N=N, NP=_pow2(N, 2),
+        MC=_pow2(nsp * (N - 1), 2) if has_cand else 2, HAS_CAND=has_cand, IEEE=q.dtype == torch.float32,
+    )
+    return o, idx
