@@ -146,24 +146,26 @@ def retrieval_heatmap(runs, path: Path, key: str = "rank_accuracy") -> Path | No
 
 
 def training_curves(runs, path: Path) -> Path | None:
-    data = [(r, [m for m in r["metrics"] if "step" in m and ("ce" in m or "loss" in m)]) for r in runs]
-    data = [(r, m) for r, m in data if m]
+    from .report import _get, train_records, val_records
+
+    data = [(r, train_records(r), val_records(r)) for r in runs]
+    data = [x for x in data if x[1]]
     if not data:
         return None
     colors = _colors(runs)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for r, m in data:
-        key = "ce" if "ce" in m[0] else "loss"
-        ax.plot([x["step"] for x in m], [x[key] for x in m], color=colors[r["name"]], label=f"{r['name']} train {key}")
-        val = [x for x in m if isinstance(x.get("val_ce", x.get("val_loss")), (int, float))]
-        if val:
-            ax.plot([x["step"] for x in val], [x.get("val_ce", x.get("val_loss")) for x in val], "o--",
-                    color=colors[r["name"]], label=f"{r['name']} val")
+    for r, m, val in data:
+        ax.plot([x["step"] for x in m], [_get(x, "ce_loss", "ce", "loss") for x in m], color=colors[r["name"]],
+                alpha=0.6, lw=1, label=f"{r['name']} train ce")
+        for mode in sorted({k for v in val for k in v["val_ce"]}):
+            pts = [(v["step"], v["val_ce"][mode]) for v in val if mode in v["val_ce"]]
+            ax.plot(*zip(*pts), marker="o", ls=MODE_STYLE.get(mode, ":"), color=colors[r["name"]],
+                    label=f"{r['name']} val {mode}")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title("Training curves")
+    ax.set_title("Training curves (markers: validation; solid sparse, dashed full)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
 

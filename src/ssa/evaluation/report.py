@@ -162,22 +162,45 @@ def markdown(runs: list[dict], figures: list[str] | None = None) -> str:
     return "\n".join(parts)
 
 
+def _get(rec: dict, *keys):
+    for k in keys:
+        if isinstance(rec.get(k), (int, float)):
+            return rec[k]
+    return None
+
+
+def train_records(run: dict) -> list[dict]:
+    """Training-step records of metrics.jsonl (those with a loss)."""
+    return [m for m in run["metrics"] if "step" in m and _get(m, "ce_loss", "ce", "loss") is not None]
+
+
+def val_records(run: dict) -> list[dict]:
+    """Validation records: {"step", "val_ce": {mode: nats}} (a plain number is taken as one mode)."""
+    out = []
+    for m in run["metrics"]:
+        v = m.get("val_ce")
+        if isinstance(v, (int, float)):
+            v = {"val": v}
+        if isinstance(v, dict) and "step" in m:
+            out.append({"step": m["step"], "val_ce": v})
+    return out
+
+
 def _training_section(runs):
     rows = []
     for r in runs:
-        m = [x for x in r["metrics"] if "step" in x]
+        m = train_records(r)
         if not m:
             continue
         last = m[-1]
-        val = [x for x in m if any(k.startswith("val") for k in x)]
-        vlast = val[-1] if val else {}
-        vkeys = {k: v for k, v in vlast.items() if k.startswith("val") and isinstance(v, (int, float))}
-        rows.append([r["name"], last.get("step"), last.get("loss"), last.get("ce"), last.get("align"),
-                     ", ".join(f"{k} {fmt(v)}" for k, v in sorted(vkeys.items())) or None])
+        val = val_records(r)
+        vtext = ", ".join(f"{k} {fmt(v)}" for k, v in sorted(val[-1]["val_ce"].items())) if val else None
+        rows.append([r["name"], last.get("step"), _get(last, "loss"), _get(last, "ce_loss", "ce"),
+                     _get(last, "align_loss", "align"), vtext])
     if not rows:
         return []
     return ["## Training (last logged step)", "",
-            table(["run", "step", "loss", "ce", "align", "validation"], rows, markdown=True), ""]
+            table(["run", "step", "loss", "ce", "align", "val ce (nats/token) by mode"], rows, markdown=True), ""]
 
 
 def _budget_section(runs):
