@@ -3,10 +3,11 @@
 Three launches, none of which reads more than the block means and the selected blocks:
 
 1. `_split_stats`  grid (B, HK, splits): each program scores BC complete-block means against the
-   G query heads of its KV head and keeps per-head softmax partials (max, sum of exp).
+   G query heads of its KV head, writes the logits and keeps per-head softmax partials (max, sum
+   of exp).
 2. `_split_topk`   grid (B, HK, splits): combines the partials into each head's exact normaliser,
-   recomputes its BC logits, sums the G probabilities into block scores (DESIGN §1.1) and writes its
-   local top n-1 (score, block), ties to the lower block.
+   reads its BC x G logits back, sums the G probabilities into block scores (DESIGN §1.1) and
+   writes its local top n-1 (score, block), ties to the lower block.
 3. `_merge_attend` grid (B, HK): merges the local lists into the exact global top n-1 (the global
    top n-1 is a subset of the union of local top n-1s), adds the current block, and runs online-
    softmax attention of the G heads over the selected blocks' keys (causal inside the current one).
@@ -14,6 +15,8 @@ Three launches, none of which reads more than the block means and the selected b
 Splitting the scoring over programs matters at long context: at 128k tokens and s=16 there are 8192
 block means per KV head, which one program would read far slower than the whole chip. The block
 means are float32 and scored with IEEE float32 products, so the ranking matches the reference.
+Bytes per block: the float32 mean once (4 D) plus G float32 logits written and read (8 G); for the
+300M layout (D=64, G=16) that is 384 B against 4096 B of bf16 keys and values for full attention.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import triton.language as tl
 # run on float32 copies (half x half products are exact in float32; only summation order changes).
 _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
 _NONE = tl.constexpr(2**30)  # "no block" while merging; larger than any block id
-BLOCKS_PER_SPLIT = 128
+BLOCKS_PER_SPLIT = 64  # 128 splits per KV head at 128k tokens: enough programs to fill the chip at B=1
 
 
 def _pow2(x: int, at_least: int = 1) -> int:
@@ -63,8 +66,8 @@ def _block_logits(q_ptr, kbar_ptr, b, h, sp, ct, sq_b, sq_h, skb_b, skb_n, skb_h
 
 
 @triton.jit
-def _split_stats(q_ptr, kbar_ptr, len_ptr, m_ptr, l_ptr, sq_b, sq_h, skb_b, skb_n, skb_h, HK, NSP, scale,
-                 S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+def _split_stats(q_ptr, kbar_ptr, len_ptr, m_ptr, l_ptr, lg_ptr, sq_b, sq_h, skb_b, skb_n, skb_h, HK, NSP,
+                 scale, S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                  BC: tl.constexpr):
     b, h, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ct = (tl.load(len_ptr + b) - 1) // S  # current block = number of candidate blocks
@@ -73,15 +76,17 @@ def _split_stats(q_ptr, kbar_ptr, len_ptr, m_ptr, l_ptr, sq_b, sq_h, skb_b, skb_
     m = tl.max(logits, 1)
     m_safe = tl.where(m == float("-inf"), 0.0, m)  # a split with no candidates: l = 0
     l = tl.sum(tl.exp(logits - m_safe[:, None]), 1)
-    out = ((b * HK + h) * NSP + sp) * GP + offs_g
-    tl.store(m_ptr + out, m)
-    tl.store(l_ptr + out, l)
+    split = (b * HK + h) * NSP + sp
+    tl.store(m_ptr + split * GP + offs_g, m)
+    tl.store(l_ptr + split * GP + offs_g, l)
+    offs_c = tl.arange(0, BC)
+    tl.store(lg_ptr + (split * G + offs_g)[:, None] * BC + offs_c[None, :], logits, mask=(offs_g < G)[:, None])
 
 
 @triton.jit
-def _split_topk(q_ptr, kbar_ptr, len_ptr, m_ptr, l_ptr, cs_ptr, ci_ptr, sq_b, sq_h, skb_b, skb_n, skb_h,
-                HK, NSP, scale, S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-                BD: tl.constexpr, BC: tl.constexpr, NSPP: tl.constexpr, NM1: tl.constexpr):
+def _split_topk(len_ptr, m_ptr, l_ptr, lg_ptr, cs_ptr, ci_ptr, HK, NSP,
+                S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BC: tl.constexpr, NSPP: tl.constexpr,
+                NM1: tl.constexpr):
     b, h, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ct = (tl.load(len_ptr + b) - 1) // S
     # Each head's softmax normaliser over all candidates, from every split's partials.
@@ -95,13 +100,16 @@ def _split_topk(q_ptr, kbar_ptr, len_ptr, m_ptr, l_ptr, cs_ptr, ci_ptr, sq_b, sq
     L = tl.sum(ls * tl.exp(ms - M[None, :]), 0)
     L = tl.where(L > 0, L, 1.0)
 
-    logits, offs_g, offs_c = _block_logits(q_ptr, kbar_ptr, b, h, sp, ct, sq_b, sq_h, skb_b, skb_n, skb_h,
-                                           scale, G, GP, D, BD, BC)
+    split = (b * HK + h) * NSP + sp
+    offs_g = tl.arange(0, GP)
+    offs_c = sp * BC + tl.arange(0, BC)
+    logits = tl.load(lg_ptr + (split * G + offs_g)[:, None] * BC + tl.arange(0, BC)[None, :],
+                     mask=(offs_g < G)[:, None], other=float("-inf"))
     p = tl.exp(logits - M[:, None]) / L[:, None]
     p = tl.where((offs_g < G)[:, None] & (offs_c < ct)[None, :], p, 0.0)
     score = tl.where(offs_c < ct, tl.sum(p, 0), -1.0)  # candidates score in [0, G]
 
-    out = ((b * HK + h) * NSP + sp) * NM1
+    out = split * NM1
     for k in range(NM1):
         best = tl.max(score, 0)
         pick = tl.min(tl.where(score == best, offs_c, _NONE), 0)  # ties: the lower block
@@ -202,12 +210,15 @@ def sparse_decode_triton(q, k_cache, v_cache, kbar, lengths, block_size: int, bl
     if has_cand:
         m = torch.empty(B, HK, nsp, GP, dtype=torch.float32, device=q.device)
         l = torch.empty_like(m)
+        lg = torch.empty(B, HK, nsp, G, BC, dtype=torch.float32, device=q.device)
         cs = torch.empty(B, HK, nsp, N - 1, dtype=torch.float32, device=q.device)
         ci = torch.empty(B, HK, nsp, N - 1, dtype=torch.int32, device=q.device)
-        common = (q.stride(0), q.stride(1), kbar.stride(0), kbar.stride(1), kbar.stride(2), HK, nsp, scale)
-        meta = dict(S=block_size, G=G, GP=GP, D=D, BD=BD, BC=BC)
-        _split_stats[(B, HK, nsp)](q, kbar, lengths, m, l, *common, **meta)
-        _split_topk[(B, HK, nsp)](q, kbar, lengths, m, l, cs, ci, *common, **meta, NSPP=_pow2(nsp), NM1=N - 1)
+        _split_stats[(B, HK, nsp)](
+            q, kbar, lengths, m, l, lg, q.stride(0), q.stride(1), kbar.stride(0), kbar.stride(1), kbar.stride(2),
+            HK, nsp, scale, S=block_size, G=G, GP=GP, D=D, BD=BD, BC=BC,
+        )
+        _split_topk[(B, HK, nsp)](lengths, m, l, lg, cs, ci, HK, nsp, S=block_size, G=G, GP=GP, BC=BC,
+                                  NSPP=_pow2(nsp), NM1=N - 1)
     _merge_attend[(B, HK)](
         q, k_cache, v_cache, lengths, cs, ci, idx, o,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), o.stride(0), o.stride(1),
