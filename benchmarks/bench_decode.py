@@ -137,6 +137,7 @@ def model_300m(tiny=False):
 
 @torch.no_grad()
 def generate_bench(contexts, batches, new_tokens, tiny=False) -> list[dict]:
+    """Greedy decoding after the prompt; larger batches show where attention dominates the step."""
     model, shape = model_300m(tiny)
     rows = []
     for L in contexts:
@@ -212,6 +213,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--e2e-contexts", type=int, nargs="+", default=[32768, 131072])
     p.add_argument("--e2e-tokens", type=int, default=32)
+    p.add_argument("--e2e-batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny model, no attention kernels")
     args = p.parse_args()
     out = Path(args.out)
@@ -219,7 +221,7 @@ def main() -> None:
     info = versions()
     print(json.dumps(info), flush=True)
     attn = [] if args.tiny else attention_bench(args.contexts, args.batches)
-    gen, shape = generate_bench(args.e2e_contexts, args.batches, args.e2e_tokens, args.tiny) if args.e2e_contexts else ([], {})
+    gen, shape = generate_bench(args.e2e_contexts, args.e2e_batches, args.e2e_tokens, args.tiny) if args.e2e_contexts else ([], {})
     (out / "decode_bench.json").write_text(json.dumps({"info": info, "attention": attn, "generate": gen}, indent=1))
     md = markdown(info, attn, gen, shape)
     (out / "decode_bench.md").write_text(md)

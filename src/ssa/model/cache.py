@@ -29,6 +29,7 @@ class CacheStep:
     columns: int  # T, padding included
     start_t: torch.Tensor  # start as a LongTensor [B] on the model device
     positions: torch.Tensor  # [B, T] position of each column (0 for padding)
+    column_lengths: list  # decode: per column j, tokens cached per row once j is in ([B] tensors)
 
     @property
     def prefill(self) -> bool:
@@ -121,7 +122,9 @@ class SSACache:
         col = torch.arange(columns, device=device)[None, :]
         offset = col - (columns - count_t[:, None])  # 0 at each row's first real column
         positions = (self.lengths[:, None] + offset).clamp(min=0)
-        return CacheStep(list(self.host_lengths), count, columns, self.lengths, positions)
+        # Shared by every layer's decode: computed once per pass, not once per layer.
+        column_lengths = [] if self.seen_tokens == 0 else [self.lengths + j + 1 for j in range(columns)]
+        return CacheStep(list(self.host_lengths), count, columns, self.lengths, positions, column_lengths)
 
     def commit(self, step: CacheStep) -> None:
         self.host_lengths = [s + c for s, c in zip(step.start, step.count)]

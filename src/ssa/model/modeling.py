@@ -128,7 +128,7 @@ class GatedAttention(nn.Module):
         max_start = max(step.start)
         # Column j sees the keys up to its own: every earlier column is already in the cache.
         outs = [
-            self._decode(q[:, j], gates[:, j], layer, step.start_t + j + 1, max_start + j + 1, plan)
+            self._decode(q[:, j], gates[:, j], layer, step.column_lengths[j], max_start + j + 1, plan)
             for j in range(T)
         ]
         return torch.stack(outs, 1)
