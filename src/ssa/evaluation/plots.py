@@ -39,6 +39,9 @@ def budget_curve(runs, path: Path) -> Path | None:
         if full:
             ax.axhline(full[0]["ppl"], ls="--", color=colors[r["name"]], lw=1, label=f"{r['name']} full")
     ax.set_xscale("log", base=2)
+    rfs = sorted({x["receptive_field"] for _, d in data for x in d["results"] if x["receptive_field"]})
+    ax.set_xticks(rfs, [str(v) for v in rfs])
+    ax.minorticks_off()
     ax.set_xlabel("receptive field (block_count x block_size tokens)")
     ax.set_ylabel("perplexity")
     ax.set_title("Sparse budget sweep (dashed: full attention)")
@@ -51,7 +54,7 @@ def ppl_vs_length(runs, path: Path) -> Path | None:
     data = [(r, r["results"]["extrapolation"]) for r in runs if r["results"].get("extrapolation")]
     if not data:
         return None
-    ropes = sorted({x["rope"] for _, d in data for x in d["results"]})
+    ropes = [r for r in ("none", "llama3") if any(x["rope"] == r for _, d in data for x in d["results"])]
     colors = _colors(runs)
     fig, axes = plt.subplots(1, len(ropes), figsize=(6 * len(ropes), 4.5), squeeze=False, sharey=True)
     for ax, rope in zip(axes[0], ropes):
@@ -64,12 +67,17 @@ def ppl_vs_length(runs, path: Path) -> Path | None:
         train_len = data[0][1]["settings"].get("train_len")
         if train_len:
             ax.axvline(train_len, color="gray", lw=0.8, ls=":")
+        lengths = sorted({x["length"] for _, d in data for x in d["results"]})
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        ax.set_xticks(lengths, [str(L) for L in lengths])
+        ax.minorticks_off()
+        ppls = [x["ppl"] for _, d in data for x in d["results"] if x.get("ppl")]
+        if ppls and max(ppls) / min(ppls) > 3:
+            ax.set_yscale("log")
         ax.set_xlabel("evaluation length (tokens); dotted: training length")
         ax.set_title(f"RoPE: {'as trained' if rope == 'none' else 'llama3 scaling, factor L/train_len'}")
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("perplexity (log scale)")
+    axes[0][0].set_ylabel("perplexity")
     axes[0][-1].legend(fontsize=7, ncol=2)
     return _save(fig, path)
 
@@ -90,6 +98,11 @@ def attention_by_layer(runs, path: Path) -> Path | None:
                         label=f"{r['name']} {mode}")
         ax.set_xlabel("layer")
         ax.set_title(title)
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+        if key == "sparsity":
+            ax.set_ylim(0, 1.02)
+        else:
+            ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     n = data[0][1]["settings"].get("block_count")
@@ -113,7 +126,8 @@ def retrieval_heatmap(runs, path: Path, key: str = "rank_accuracy") -> Path | No
         return None
     cols = min(4, len(panels))
     nrows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.9 * cols + 1, 3.3 * nrows + 0.4), squeeze=False,
+                             constrained_layout=True)
     im = None
     for ax, (name, mode, rows) in zip(axes.flat, panels):
         lengths = sorted({x["length"] for x in rows})
