@@ -110,12 +110,12 @@ def _split_topk(len_ptr, m_ptr, l_ptr, lg_ptr, cs_ptr, ci_ptr, HK, NSP,
     score = tl.where(offs_c < ct, tl.sum(p, 0), -1.0)  # candidates score in [0, G]
 
     out = split * NM1
-    for k in range(NM1):
+    for r in range(NM1):
         best = tl.max(score, 0)
         pick = tl.min(tl.where(score == best, offs_c, _NONE), 0)  # ties: the lower block
         ok = best >= 0
-        tl.store(cs_ptr + out + k, tl.where(ok, best, -1.0))
-        tl.store(ci_ptr + out + k, tl.where(ok, pick, -1))
+        tl.store(cs_ptr + out + r, tl.where(ok, best, -1.0))
+        tl.store(ci_ptr + out + r, tl.where(ok, pick, -1))
         score = tl.where(offs_c == pick, -2.0, score)
 
 
@@ -137,10 +137,10 @@ def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, cs_ptr, ci_ptr, idx_ptr, o_ptr,
         base = (b * HK + h) * total
         cs = tl.load(cs_ptr + base + offs_m, mask=offs_m < total, other=-1.0)
         ci = tl.load(ci_ptr + base + offs_m, mask=offs_m < total, other=-1)
-        for k in range(N - 1):
+        for r in range(N - 1):  # (not `k`: the attention loop below reuses that name for keys)
             best = tl.max(cs, 0)
             pick = tl.min(tl.where(cs == best, ci, _NONE), 0)
-            sel = tl.where(offs_n == k + 1, tl.where(best >= 0, pick, -1), sel)
+            sel = tl.where(offs_n == r + 1, tl.where(best >= 0, pick, -1), sel)
             cs = tl.where(ci == pick, -2.0, cs)
     tl.store(idx_ptr + (b * HK + h) * N + offs_n, sel, mask=offs_n < N)
 
