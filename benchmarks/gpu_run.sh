@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device session: native kernel tests, then the attention and train-step benchmarks.
-# Usage (repo root, on the GPU machine): OUT=/some/dir bash benchmarks/gpu_run.sh [tests|bench|all]
+# Usage (repo root, on the GPU machine): OUT=/some/dir bash benchmarks/gpu_run.sh [tests|sweep|bench|all]
 set -o pipefail
 OUT=${OUT:-/tmp/ssa_bench}
 mkdir -p "$OUT"
@@ -11,7 +11,10 @@ python3 -c "import torch, triton; print(torch.__version__, triton.__version__, t
 if [ "$what" != bench ]; then
   timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py 2>&1 | tail -30 | tee "$OUT/tests.txt"
 fi
-if [ "$what" != tests ]; then
+if [ "$what" = all ] || [ "$what" = sweep ]; then
+  timeout 150 python3 benchmarks/sweep_select.py "$OUT/sweep_select.json" 2>&1 | tee "$OUT/sweep_select.txt"
+fi
+if [ "$what" != tests ] && [ "$what" != sweep ]; then
   timeout 240 python3 -m ssa.cli bench attention ${ATTN_ARGS:-} --json "$OUT/attention.json" 2>&1 | tee "$OUT/attention.txt"
   timeout 150 python3 -m ssa.cli bench train-step ${TRAIN_ARGS:-} --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.txt"
 fi

@@ -24,9 +24,10 @@ import triton.language as tl
 from ._common import LOG2E, interpreting, mma, next_pow2
 
 # Queries per dk/dv work item. The mean list length is T * n / num_blocks = n * s (256 at the
-# defaults), so most blocks need one or two items while a block picked by every query is spread
-# over T / SEG programs.
-SEG = 256
+# defaults), so a block needs about two items and a block picked by every query is spread over
+# T / SEG programs. Shorter segments mean more parallel programs (short sequences have few blocks)
+# for a little more atomic traffic (s * D floats per item).
+SEG = 128
 
 
 @triton.jit
@@ -108,15 +109,18 @@ def _fwd_kernel(
 
 @triton.jit
 def _dq_kernel(
-    q_ptr, k_ptr, v_ptr, idx_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, do_ptr, lse_ptr, dlse_ptr, delta_ptr, dq_ptr,
     T, HK,
     sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h,
-    si_b, si_t, si_h, sdo_b, sdo_t, sdo_h, sl_b, sl_t, sl_h, sdq_b, sdq_t, sdq_h,
+    si_b, si_t, si_h, so_b, so_t, so_h, sdo_b, sdo_t, sdo_h, sl_b, sl_t, sl_h, sdq_b, sdq_t, sdq_h,
     scale, scale2,
     S: tl.constexpr, BS: tl.constexpr, BPI: tl.constexpr, N: tl.constexpr, QB: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
+    HAS_DLSE: tl.constexpr,
 ):
-    # Same tiling as the forward; recomputes p from the saved lse.
+    # Same tiling as the forward; recomputes p from the saved lse. Also computes
+    # delta = rowsum(dO * O) - dlse here and stores it for the dk/dv kernel, so no [B, T, HQ, D]
+    # float32 temporaries are made (a gradient on lse adds p * dlse to dS).
     t0 = tl.program_id(0) * QB
     bh = tl.program_id(1)
     b = bh // HK
@@ -133,9 +137,14 @@ def _dq_kernel(
     q = tl.load(q_ptr + b * sq_b + t_r[:, None] * sq_t + heads[:, None] * sq_h + d[None, :], mask=row_mask, other=0.0)
     do = tl.load(do_ptr + b * sdo_b + t_r[:, None] * sdo_t + heads[:, None] * sdo_h + d[None, :],
                  mask=row_mask, other=0.0)
-    # lse and delta share one [B, T, HQ] layout (strides sl_*).
-    lse2 = tl.load(lse_ptr + b * sl_b + t_r * sl_t + heads * sl_h, mask=row_ok, other=0.0) * 1.4426950408889634
-    delta = tl.load(delta_ptr + b * sl_b + t_r * sl_t + heads * sl_h, mask=row_ok, other=0.0)
+    o = tl.load(o_ptr + b * so_b + t_r[:, None] * so_t + heads[:, None] * so_h + d[None, :], mask=row_mask, other=0.0)
+    # lse, dlse and delta share one contiguous [B, T, HQ] layout (strides sl_*).
+    row_off = b * sl_b + t_r * sl_t + heads * sl_h
+    lse2 = tl.load(lse_ptr + row_off, mask=row_ok, other=0.0) * 1.4426950408889634
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(dlse_ptr + row_off, mask=row_ok, other=0.0)
+    tl.store(delta_ptr + row_off, delta, mask=row_ok)
     idx_base = idx_ptr + b * si_b + hk * si_h
     k_base = k_ptr + b * sk_b + hk * sk_h
     v_base = v_ptr + b * sv_b + hk * sv_h
@@ -285,24 +294,21 @@ def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, s
     HK = k.shape[2]
     G = HQ // HK
     n = block_indices.shape[-1]
-    do = do.contiguous()
-    # delta = rowsum(dO * O); a gradient on lse adds p * dlse to dS, i.e. subtracts dlse from delta.
-    delta = (do.float() * o.float()).sum(-1)
-    if dlse is not None:
-        delta = delta - dlse.float()
-    delta = delta.contiguous()
     lse = lse.contiguous()
+    if dlse is not None:
+        dlse = dlse.float().contiguous()
+    delta = torch.empty_like(lse)  # written by the dq kernel
     tiles = _tiles(block_size, G, D)
     ieee = q.dtype == torch.float32
 
     dq = torch.empty_like(q)
     _dq_kernel[(triton.cdiv(T, tiles["QB"]), B * HK)](
-        q, k, v, block_indices, do, lse, delta, dq,
+        q, k, v, block_indices, o, do, lse, dlse if dlse is not None else lse, delta, dq,
         T, HK,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *block_indices.stride()[:3],
-        *do.stride()[:3], *lse.stride(), *dq.stride()[:3],
+        *o.stride()[:3], *do.stride()[:3], *lse.stride(), *dq.stride()[:3],
         scale, scale * LOG2E,
-        N=n, G=G, D=D, IEEE=ieee, **tiles,
+        N=n, G=G, D=D, IEEE=ieee, HAS_DLSE=dlse is not None, **tiles,
         num_warps=4, num_stages=2,
     )
 
@@ -310,9 +316,7 @@ def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, s
     dk = torch.zeros(B, T, HK, D, dtype=torch.float32, device=q.device)
     dv = torch.zeros_like(dk)
     GP = next_pow2(G)
-    BQ = max(1, 64 // GP)  # 64 (query, head) rows per step
-    if BQ * GP < 16:
-        BQ = 16 // GP
+    BQ = max(1, 128 // GP)  # 128 (query, head) rows per step
     _dkdv_kernel[(item_key.numel(),)](
         q, k, v, do, lse, delta, dk, dv,
         qlist, item_key, item_start, item_end,

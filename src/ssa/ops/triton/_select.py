@@ -11,9 +11,14 @@ in registers. Nothing of size T x T/s is ever written to memory.
 Exact top-k with ties to the lower index: a score in [0, G] is a non-negative float, so its bit
 pattern orders like the float. Each candidate becomes one int64 key
     (score bits << 32) | (2**31 - 1 - block)   [computed as block ^ (2**31 - 1)]
-which is unique and orders by score, then by *lower* block first. The buffer is kept sorted
-descending; a tile is sorted ascending and `max(buffer[i], tile[i])` is then exactly the top-K of
-the union (the first half-cleaner step of a bitonic merge); one more sort restores the order.
+which is unique and orders by score, then by *lower* block first. The buffer keeps the N-1 largest
+keys seen so far. By default (threshold insertion) it is unsorted: a tile's entries are compared with
+the buffer's minimum, the current (N-1)-th best, and only those above it are inserted, largest first,
+one per round. On random data a tile has almost never more than one such entry once a few hundred
+blocks were seen, so the steady state is one max-reduction per tile and no sort. The alternative
+(MERGE_BY_SORT) keeps the buffer sorted descending, sorts each tile ascending and takes
+`max(buffer[i], tile[i])`, exactly the top-K of the union (the first half-cleaner step of a bitonic
+merge), then sorts again.
 
 The block keys (means of k) are precomputed in float32 and split into a sum of NSPLIT half-precision
 parts (hi + lo), so two bf16 tensor-core products give the logits to about 2^-16 relative accuracy
@@ -31,6 +36,8 @@ from ._common import LOG2E, mma, next_pow2
 
 # Block b is stored as b ^ _LOW_MAX == _LOW_MAX - b in the low word of a key (lower block, larger key).
 _LOW_MAX = tl.constexpr(2**31 - 1)
+_NEG = tl.constexpr(-(2**62))  # key of a non-candidate: below every filler
+_PAD = tl.constexpr(2**62)  # buffer slots beyond N-1: above every key, so never the minimum
 
 
 @triton.jit
@@ -59,7 +66,7 @@ def _select_kernel(
     scale2,
     S: tl.constexpr, N: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
     D: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, BN1: tl.constexpr,
-    NSPLIT: tl.constexpr, IEEE: tl.constexpr,
+    NSPLIT: tl.constexpr, IEEE: tl.constexpr, MERGE_BY_SORT: tl.constexpr,
 ):
     # Later query tiles have more candidates: launch them first so the tail of the grid is short.
     pid_q = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -96,37 +103,67 @@ def _select_kernel(
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     inv_l = tl.where(l > 0, 1.0 / l, 0.0)
 
-    # Pass 2: group scores tile by tile, merged into a descending top-KB buffer of int64 keys.
+    # Pass 2: group scores tile by tile, merged into a per-query top-(N-1) buffer of int64 keys.
     t_q = pid_q * BQ + tl.arange(0, BQ)
     cur_q = t_q // S
-    buf = tl.full((BQ, KB), -1, tl.int64)
-    for c0 in range(0, c_end, KB):
-        x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, KB, D, BD, NSPLIT, IEEE) * scale2
-        blk = c0 + tl.arange(0, KB)
-        cand = (blk[None, :] < cur_row[:, None]) & row_ok[:, None]  # padded heads score nothing
-        p = tl.where(cand, tl.exp2(x - m_safe[:, None]) * inv_l[:, None], 0.0)
-        score = tl.sum(tl.reshape(p, (BQ, GP, KB)), 1)  # [BQ, KB], the sum over the group
-        cand_q = blk[None, :] < cur_q[:, None]
-        bits = score.to(tl.int32, bitcast=True).to(tl.int64)
-        key = tl.where(cand_q, (bits << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :], -1)
-        # Skip the two sorts when no query of the tile beats its current K-th best.
+    slot = tl.arange(0, KB)[None, :]
+    if MERGE_BY_SORT:
+        # Buffer sorted descending, tile width KB: two sorts per tile (see the module docstring).
+        buf = tl.full((BQ, KB), -1, tl.int64)
+        for c0 in range(0, c_end, KB):
+            key = _score_keys(q, kb_base, c0, NBF, skb_n, skb_part, m_safe, inv_l, cur_row, row_ok, cur_q,
+                              scale2, KB, BQ, GP, D, BD, NSPLIT, IEEE, -1)
+            kth = tl.min(buf, 1)
+            if tl.max((key > kth[:, None]).to(tl.int32)) > 0:  # skip when no query improves
+                key = tl.sort(key, 1)  # ascending
+                buf = tl.sort(tl.maximum(buf, key), 1, descending=True)
+        buf = tl.where(slot < N - 1, buf, _PAD)
+    else:
+        # Unsorted buffer of exactly N-1 live slots (the rest hold _PAD, never replaced); empty slots
+        # hold distinct negative fillers so that the minimum, the current K-th best, is unique. Each
+        # tile only inserts its entries that beat the K-th best, largest first, one per round: after
+        # the first few tiles that is rarely more than one round, and no sort runs in the loop.
+        buf = tl.where(slot < N - 1, -1 - slot.to(tl.int64), _PAD) + tl.zeros((BQ, KB), tl.int64)
         kth = tl.min(buf, 1)
-        if tl.max((key > kth[:, None]).to(tl.int32)) > 0:
-            key = tl.sort(key, 1)  # ascending
-            buf = tl.sort(tl.maximum(buf, key), 1, descending=True)
+        for c0 in range(0, c_end, BN1):
+            key = _score_keys(q, kb_base, c0, NBF, skb_n, skb_part, m_safe, inv_l, cur_row, row_ok, cur_q,
+                              scale2, BN1, BQ, GP, D, BD, NSPLIT, IEEE, _NEG)
+            key = tl.where(key > kth[:, None], key, _NEG)
+            top = tl.max(key, 1)
+            while tl.max((top > kth).to(tl.int32)) > 0:
+                put = top > kth
+                buf = tl.where((buf == kth[:, None]) & put[:, None], top[:, None], buf)
+                kth = tl.min(buf, 1)
+                key = tl.where((key > kth[:, None]) & (key != top[:, None]), key, _NEG)
+                top = tl.max(key, 1)
 
-    # The top N-1 candidates plus the current block, sorted ascending, -1 padding last.
-    pos = tl.arange(0, KB)[None, :]
+    # The top N-1 candidates plus the current block (in the first _PAD slot, N-1 < KB), sorted
+    # ascending, -1 padding last.
     best = ((buf & _LOW_MAX) ^ _LOW_MAX).to(tl.int32)
     BIG: tl.constexpr = 2**30
-    sel = tl.where((pos < N - 1) & (buf >= 0), best, BIG)
-    sel = tl.where(pos == N - 1, cur_q[:, None], sel)
+    sel = tl.where((buf >= 0) & (buf != _PAD), best, BIG)
+    sel = tl.where(slot == N - 1, cur_q[:, None], sel)
     sel = tl.sort(sel, 1)
     sel = tl.where(sel == BIG, -1, sel)
     tl.store(
-        out_ptr + b * so_b + t_q[:, None] * so_t + hk * so_h + pos,
-        sel, mask=(t_q < T)[:, None] & (pos < N),
+        out_ptr + b * so_b + t_q[:, None] * so_t + hk * so_h + slot,
+        sel, mask=(t_q < T)[:, None] & (slot < N),
     )
+
+
+@triton.jit
+def _score_keys(q, kb_base, c0, NBF, skb_n, skb_part, m_safe, inv_l, cur_row, row_ok, cur_q, scale2,
+                BN: tl.constexpr, BQ: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                NSPLIT: tl.constexpr, IEEE: tl.constexpr, EMPTY: tl.constexpr):
+    """int64 keys [BQ, BN] of the group scores of blocks c0 .. c0+BN-1; non-candidates get EMPTY."""
+    x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN, D, BD, NSPLIT, IEEE) * scale2
+    blk = c0 + tl.arange(0, BN)
+    cand = (blk[None, :] < cur_row[:, None]) & row_ok[:, None]  # padded heads score nothing
+    p = tl.where(cand, tl.exp2(x - m_safe[:, None]) * inv_l[:, None], 0.0)
+    score = tl.sum(tl.reshape(p, (BQ, GP, BN)), 1)  # [BQ, BN], the sum over the group
+    bits = score.to(tl.int32, bitcast=True).to(tl.int64)
+    key = (bits << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
+    return tl.where(blk[None, :] < cur_q[:, None], key, EMPTY)
 
 
 def block_key_parts(k: torch.Tensor, block_size: int, nsplit: int) -> torch.Tensor:
@@ -146,6 +183,15 @@ def block_key_parts(k: torch.Tensor, block_size: int, nsplit: int) -> torch.Tens
     return torch.stack(parts, 2).contiguous()
 
 
+# Top-k maintenance: False = threshold insertion (default), True = bitonic sort-merge per tile.
+MERGE_BY_SORT = False
+# Launch shape (benchmarks/sweep_select.py times the alternatives): rows (query x head) per program,
+# blocks per tile, warps. Module attributes so a sweep can change them without editing code.
+ROWS = 128
+BLOCK_TILE = 64
+NUM_WARPS = 4
+
+
 def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int, scale: float) -> torch.Tensor:
     """Launch the fused selection kernel. q, k fp16/bf16/fp32 with unit stride in the last dim."""
     B, T, HQ, D = q.shape
@@ -159,14 +205,14 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
     # costs one more product and keeps it accurate.
     nsplit = 1 if ieee else (2 if q.dtype == torch.bfloat16 else 3)
     kb = block_key_parts(k, block_size, nsplit)
-    KB = max(16, next_pow2(block_count))
+    KB = max(16, next_pow2(block_count))  # > N-1: one spare slot takes the current block
     GP0 = next_pow2(G)
     # Rows per program ~128 for the tensor cores; fewer queries when the top-K buffer is wide so the
     # [BQ, KB] int64 buffer stays in registers.
-    BQ = max(1, min(128 // GP0, 2048 // KB))
+    BQ = max(1, min(ROWS // GP0, 2048 // KB))
     GP = max(GP0, 16 // BQ)  # at least 16 rows for tl.dot: pad heads when the group is tiny
     BD = max(16, next_pow2(D))
-    BN1 = 64
+    BN1 = BLOCK_TILE
     grid = (triton.cdiv(T, BQ), B * HK)
     _select_kernel[grid](
         q, kb, out,
@@ -176,7 +222,7 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
         out.stride(0), out.stride(1), out.stride(2),
         scale * LOG2E,
         S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BN1,
-        NSPLIT=nsplit, IEEE=ieee,
-        num_warps=4, num_stages=2,
+        NSPLIT=nsplit, IEEE=ieee, MERGE_BY_SORT=MERGE_BY_SORT,
+        num_warps=NUM_WARPS, num_stages=2,
     )
     return out

@@ -53,7 +53,8 @@ def _bwd_op(
     do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     o: torch.Tensor, lse: torch.Tensor, block_indices: torch.Tensor, block_size: int, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    q, k, v, o = (_last_dim_contiguous(x) for x in (q, k, v, o))
+    # do may arrive expanded (stride 0 everywhere, e.g. from o.sum()).
+    do, q, k, v, o = (_last_dim_contiguous(x) for x in (do, q, k, v, o))
     return _attention.sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size, scale)
 
 
