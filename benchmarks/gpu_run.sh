@@ -9,12 +9,16 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 what=${1:-all}
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" | tee "$OUT/env.txt"
 if [ "$what" != bench ]; then
-  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py 2>&1 | tail -30 | tee "$OUT/tests.txt"
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py 2>&1 | tail -30 | tee "$OUT/tests.txt"
 fi
 if [ "$what" = all ] || [ "$what" = sweep ]; then
-  timeout 150 python3 benchmarks/sweep_select.py "$OUT/sweep_select.json" 2>&1 | tee "$OUT/sweep_select.txt"
+  timeout 100 python3 benchmarks/sweep_select.py "$OUT/sweep_select.json" "$OUT/best_select.json" 2>&1 | tee "$OUT/sweep_select.txt"
 fi
 if [ "$what" != tests ] && [ "$what" != sweep ]; then
-  timeout 240 python3 -m ssa.cli bench attention ${ATTN_ARGS:-} --json "$OUT/attention.json" 2>&1 | tee "$OUT/attention.txt"
-  timeout 150 python3 -m ssa.cli bench train-step ${TRAIN_ARGS:-} --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.txt"
+  if [ -f "$OUT/best_select.json" ]; then
+    ATTN_ARGS="${ATTN_ARGS:-} --select-config $OUT/best_select.json"
+    TRAIN_ARGS="${TRAIN_ARGS:-} --select-config $OUT/best_select.json"
+  fi
+  timeout 170 python3 -m ssa.cli bench attention ${ATTN_ARGS:-} --json "$OUT/attention.json" 2>&1 | tee "$OUT/attention.txt"
+  timeout 100 python3 -m ssa.cli bench train-step ${TRAIN_ARGS:-} --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.txt"
 fi

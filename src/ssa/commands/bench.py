@@ -36,6 +36,9 @@ def add_arguments(parser) -> None:
                         "[T, T/s] selection map and compiles once per shape")
     a.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition budget per measurement")
     a.add_argument("--json", default=None, help="also write the results to this JSON file")
+    a.add_argument("--select-config", default=None,
+                   help="JSON file of selection launch settings (from benchmarks/sweep_select.py) to "
+                        "use instead of the defaults in ssa.ops.triton._select")
 
     t = sub.add_parser("train-step", help="one forward+backward+AdamW step per method")
     t.add_argument("--preset", default="300m", help="model shape preset (configs/NAME.json)")
@@ -49,6 +52,7 @@ def add_arguments(parser) -> None:
                    help="SSA mode draw; default: the preset's (the step cost does not depend on it: "
                         "both streams run every step)")
     t.add_argument("--json", default=None)
+    t.add_argument("--select-config", default=None, help="as for `ssa bench attention`")
 
 
 def run(args) -> int:
@@ -126,6 +130,18 @@ def _flex_runner(q, k, v, idx, s, scale):
     return lambda: flex(qt, kt, vt, block_mask=mask, scale=scale, enable_gqa=True).transpose(1, 2)
 
 
+def _apply_select_config(path):
+    if not path:
+        return
+    from ..ops.triton import _select
+
+    with open(path) as f:
+        for name, value in json.load(f).items():
+            if not hasattr(_select, name):
+                raise ValueError(f"--select-config: unknown setting {name!r}")
+            setattr(_select, name, value)
+
+
 def _warm_up(dtype, B, HQ, HK, D, s, n, scale):
     """Compile the kernels and wake the GPU clocks before the first timed length."""
     from ..ops import block_sparse_attention
@@ -143,6 +159,7 @@ def bench_attention(args) -> dict:
     from ..ops import block_sparse_attention, select_blocks
 
     dtype = getattr(torch, args.dtype)
+    _apply_select_config(args.select_config)
     B, HQ, HK, D, s, n = args.batch, args.q_heads, args.kv_heads, args.head_dim, args.block_size, args.block_count
     scale = D ** -0.5
     env = environment()
@@ -220,6 +237,7 @@ def bench_train_step(args) -> dict:
     from ..model import SSAConfig, SSAForCausalLM
     from ..training.config import load_preset
 
+    _apply_select_config(args.select_config)
     shape = dict(load_preset(args.preset)["model"])
     shape.pop("_comment", None)
     if args.layers is not None:

@@ -257,7 +257,7 @@ def sparse_forward(q, k, v, block_indices, block_size: int, scale: float):
     return o, lse
 
 
-def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, seg: int = SEG):
+def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, seg: int | None = None):
     """For each (batch, KV head, key block), the queries that selected it, cut into work items.
 
     Returns (qlist, item_key, item_start, item_end, num_keys): qlist holds query positions grouped by
@@ -265,6 +265,7 @@ def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, s
     item_key[w]. The item arrays have a fixed upper-bound length with unused items set to key
     num_keys, so building them needs no device-to-host synchronisation. Memory is O(B * T * HK * n).
     """
+    seg = SEG if seg is None else seg
     B, T, HK, n = block_indices.shape
     dev = block_indices.device
     nb = -(-seq_len // block_size)
