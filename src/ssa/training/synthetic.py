@@ -44,9 +44,12 @@ class RecallSpec:
     min_gap: int = 96
     max_gap: int = 400
     value_digits: int = 4
-    max_pending: int = 3
+    max_pending: int = 6
+    filler_percent: int = 25  # share of free choices that emit filler rather than a statement/query
 
     def validate(self) -> None:
+        if not isinstance(self.filler_percent, int) or not 0 <= self.filler_percent <= 100:
+            raise ValueError(f"data.synthetic.filler_percent must be an integer in [0, 100], got {self.filler_percent!r}")
         for name in ("doc_min", "doc_max", "min_gap", "max_gap", "value_digits", "max_pending"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -81,11 +84,12 @@ def recall_document(rng: random.Random, spec: RecallSpec) -> str:
         ready = [p for p in pending if pos - p[2] >= spec.min_gap]
         overdue = [p for p in ready if pos - p[2] >= spec.max_gap - 60]
         r = rng.random()
-        if overdue or (ready and r < 0.3) or (pos >= target and ready):
+        fact = 1.0 - spec.filler_percent / 100  # the rest of [0, 1) emits filler
+        if overdue or (ready and r < fact / 2) or (pos >= target and ready):
             key, value, _ = (overdue or ready)[0] if overdue else rng.choice(ready)
             pending = [p for p in pending if p[0] != key]
             s = f"What is the code for {key}? It is {value}. "
-        elif pos < target and len(pending) < spec.max_pending and r < 0.55:
+        elif pos < target and len(pending) < spec.max_pending and r < fact:
             used = {p[0] for p in pending}
             key = rng.choice([k for k in KEYS if k not in used])
             value = _value(rng, spec.value_digits)
