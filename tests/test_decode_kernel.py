@@ -34,7 +34,10 @@ def both(q, k, v, kbar, lengths, s, n):
     return ref, ridx, out, idx
 
 
-@pytest.mark.parametrize("HQ,HK,D,s,n,split", [(4, 2, 16, 4, 3, 16), (6, 1, 8, 16, 5, 128), (2, 2, 16, 8, 1, 16)])
+@pytest.mark.parametrize("HQ,HK,D,s,n,split", [
+    (4, 2, 16, 4, 3, 16), (6, 1, 8, 16, 5, 128), (2, 2, 16, 8, 1, 16),
+    (4, 1, 16, 4, 20, 256),  # n > 16: the attention gathers its blocks in several chunks
+])
 def test_kernel_matches_reference_rows_of_different_lengths(monkeypatch, HQ, HK, D, s, n, split):
     monkeypatch.setattr(decode_triton, "BLOCKS_PER_SPLIT", split)  # several splits to merge
     L = 80 * s

@@ -32,7 +32,8 @@ import triton.language as tl
 # run on float32 copies (half x half products are exact in float32; only summation order changes).
 _INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
 _NONE = tl.constexpr(2**30)  # "no block" while merging; larger than any block id
-BLOCKS_PER_SPLIT = 64  # 128 splits per KV head at 128k tokens: enough programs to fill the chip at B=1
+BLOCKS_PER_SPLIT = 256  # at most this many block means per scoring program ([GP, BC] logits in registers)
+TARGET_SPLITS = 32
 
 
 def _pow2(x: int, at_least: int = 1) -> int:
@@ -123,7 +124,7 @@ def _split_topk(len_ptr, m_ptr, l_ptr, lg_ptr, cs_ptr, ci_ptr, HK, NSP,
 def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, cs_ptr, ci_ptr, idx_ptr, o_ptr,
                   sq_b, sq_h, sk_b, sk_l, sk_h, so_b, so_h, HK, NSP, scale,
                   S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
-                  SP: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, MC: tl.constexpr,
+                  SP: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, CB: tl.constexpr, MC: tl.constexpr,
                   HAS_CAND: tl.constexpr, IEEE: tl.constexpr):
     b, h = tl.program_id(0), tl.program_id(1)
     t = tl.load(len_ptr + b) - 1
@@ -154,10 +155,15 @@ def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, cs_ptr, ci_ptr, idx_ptr, o_ptr,
     m_i = tl.full([GP], float("-inf"), tl.float32)
     l_i = tl.zeros([GP], tl.float32)
     acc = tl.zeros([GP, BD], tl.float32)
-    for i in range(N):
-        blk = tl.sum(tl.where(offs_n == i, sel, 0), 0)
-        pos = blk * S + offs_s
-        visible = (offs_s < S) & (pos <= t) & (blk >= 0)
+    # CB selected blocks per iteration, gathered as one [CB * SP] key tile: one pair of products per
+    # chunk instead of a chain of dependent tiny loads and products per block.
+    offs_j = tl.arange(0, CB)
+    for c in range(NP // CB):
+        blk = tl.sum(tl.where(offs_n[None, :] == (c * CB + offs_j)[:, None], sel[None, :], 0), 1)  # [CB]
+        pos2 = blk[:, None] * S + offs_s[None, :]
+        visible2 = (blk[:, None] >= 0) & (offs_s < S)[None, :] & (pos2 <= t)
+        pos = tl.reshape(pos2, [CB * SP])
+        visible = tl.reshape(visible2, [CB * SP])
         kv_off = b * sk_b + pos[:, None] * sk_l + h * sk_h + offs_d[None, :]
         kv_mask = visible[:, None] & dmask[None, :]
         k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
@@ -200,8 +206,11 @@ def sparse_decode_triton(q, k_cache, v_cache, kbar, lengths, block_size: int, bl
         k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
     lengths = lengths.to(device=q.device, dtype=torch.int32)
     GP, BD, SP = _pow2(G, 16), _pow2(D, 16), _pow2(block_size, 16)
-    N, BC = block_count, BLOCKS_PER_SPLIT
+    N, NP = block_count, _pow2(block_count, 2)
     candidates = (max_length - 1) // block_size
+    # About TARGET_SPLITS programs per (row, KV head): enough to spread the block means over the
+    # chip at B=1, few enough that merging nsp * (n-1) local winners stays cheap.
+    BC = min(BLOCKS_PER_SPLIT, _pow2(triton.cdiv(max(candidates, 1), TARGET_SPLITS), 16))
     has_cand = candidates > 0 and N > 1
     nsp = triton.cdiv(candidates, BC) if has_cand else 1
     idx = torch.empty(B, HK, N, dtype=torch.int32, device=q.device)
@@ -219,10 +228,14 @@ def sparse_decode_triton(q, k_cache, v_cache, kbar, lengths, block_size: int, bl
         )
         _split_topk[(B, HK, nsp)](lengths, m, l, lg, cs, ci, HK, nsp, S=block_size, G=G, GP=GP, BC=BC,
                                   NSPP=_pow2(nsp), NM1=N - 1)
+    # Keys gathered per attention chunk: 256 half-precision keys fit in shared memory with room to
+    # spare; float32 products in IEEE mode need about 4x more, hence 64.
+    chunk_keys = 64 if q.dtype == torch.float32 else 256
     _merge_attend[(B, HK)](
         q, k_cache, v_cache, lengths, cs, ci, idx, o,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), o.stride(0), o.stride(1),
-        HK, nsp, scale, S=block_size, G=G, GP=GP, D=D, BD=BD, SP=SP, N=N, NP=_pow2(N, 2),
+        HK, nsp, scale, S=block_size, G=G, GP=GP, D=D, BD=BD, SP=SP, N=N, NP=NP, CB=min(NP, max(1, chunk_keys // SP)),
         MC=_pow2(nsp * (N - 1), 2) if has_cand else 2, HAS_CAND=has_cand, IEEE=q.dtype == torch.float32,
+        num_warps=8,
     )
     return o, idx
