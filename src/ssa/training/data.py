@@ -150,6 +150,11 @@ class DataSpec:
             raise ValueError(f"unknown data key(s) {unknown}; allowed: {sorted(allowed)}")
         spec = cls(**d)
         spec.validate()
+        if spec.source == "synthetic-recall":
+            # Record every generator setting, so a run's data stays reproducible if defaults change.
+            from dataclasses import asdict
+
+            spec.synthetic = asdict(spec.recall_spec())
         return spec
 
     def validate(self) -> None:

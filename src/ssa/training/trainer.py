@@ -186,8 +186,15 @@ def _train(cfg, spec, data_spec, run_dir, info, device, resume, progress, t_star
         _check_fresh_run_dir(run_dir)
     seed_everything(spec.seed)
     tokenizer = _prepare_tokenizer(cfg, run_dir, resume_dir)
-    train_rows = PackedRows(load_tokens(data_spec, "train", tokenizer, spec.seed), data_spec.seq_len)
-    val_tokens = load_tokens(data_spec, "val", tokenizer, spec.seed)
+    # Rank 0 tokenizes first and fills the token cache; the other ranks then read it.
+    if not info.is_main:
+        dist.barrier(info)
+    try:
+        train_rows = PackedRows(load_tokens(data_spec, "train", tokenizer, spec.seed), data_spec.seq_len)
+        val_tokens = load_tokens(data_spec, "val", tokenizer, spec.seed)
+    finally:
+        if info.is_main:
+            dist.barrier(info)
     val = val_rows(PackedRows(val_tokens, data_spec.seq_len), spec.eval_batches * spec.micro_batch_size)
     loader = TrainLoader(train_rows, micro_batch=spec.micro_batch_size, grad_accum=spec.grad_accum,
                          seed=spec.seed, rank=info.rank, world_size=info.world_size)
