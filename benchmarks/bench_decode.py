@@ -3,8 +3,8 @@
 1. Attention per generated token, one layer, the 300M head layout (HQ=16, HK=1, d=64, s=16, n=16,
    bf16) at 8k / 32k / 128k context, B=1 and B=8 (plus B=8 with rows of different lengths).
    Sparse = the whole step: block scoring over the cached means, exact top-k, attention over the
-   selected blocks. Full = torch SDPA over the whole cache, two ways (native GQA, and the G query
-   heads of the one KV head as G queries), the faster one being the baseline.
+   selected blocks. Full = torch SDPA over the whole cache with native GQA, called directly and
+   through `ssa.ops.decode.full_decode` (the model's full-mode path); the faster is the baseline.
    Timed eagerly (median of triton.testing.do_bench) and as CUDA-graph replays (GPU time only).
 2. End-to-end `model.generate` tokens/s, sparse vs full, 300M shape (configs/300m.json), bf16, after a
    full-mode prefill of the prompt (the cache does not depend on the mode), B=1 and B=8.
@@ -95,7 +95,7 @@ def attention_bench(contexts, batches) -> list[dict]:
             "sparse_kernel": lambda: sparse_decode_triton(q, k, v, kbar, lengths, S, N, scale, L),
             "sparse_op": lambda: sparse_decode(q, k, v, kbar, lengths, S, N, scale, backend="triton", max_length=L),
             "sdpa_gqa": sdpa_gqa,
-            "sdpa_group_as_queries": lambda: full_decode(q, k, v, lengths, scale, max_length=L),
+            "model_full_decode": lambda: full_decode(q, k, v, lengths, scale, max_length=L),
         }
         # correctness at the benchmark shape: kernel vs the float32 reference
         ref, ridx = sparse_decode(q, k, v, kbar, lengths, S, N, scale, backend="torch", return_indices=True)
@@ -107,7 +107,7 @@ def attention_bench(contexts, batches) -> list[dict]:
             row[f"{name}_us"] = bench(fn, graph=False)
             row[f"{name}_graph_us"] = bench(fn, graph=True)
         for suffix in ("_us", "_graph_us"):
-            full = min(row["sdpa_gqa" + suffix], row["sdpa_group_as_queries" + suffix])
+            full = min(row["sdpa_gqa" + suffix], row["model_full_decode" + suffix])
             row["speedup" + suffix] = full / row["sparse_kernel" + suffix]
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -218,8 +218,8 @@ def markdown(info, attn, gen, shape) -> str:
              "| context | B | rows | sparse kernel | SDPA full (best) | speedup | graph: sparse | graph: full | graph speedup | sel. equal | max err |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in attn:
-        full = min(r["sdpa_gqa_us"], r["sdpa_group_as_queries_us"])
-        gfull = min(r["sdpa_gqa_graph_us"], r["sdpa_group_as_queries_graph_us"])
+        full = min(r["sdpa_gqa_us"], r["model_full_decode_us"])
+        gfull = min(r["sdpa_gqa_graph_us"], r["model_full_decode_graph_us"])
         lines.append(f"| {r['context']} | {r['batch']} | {'ragged' if r['ragged'] else 'equal'} | {r['sparse_kernel_us']:.1f} | "
                      f"{full:.1f} | {r['speedup_us']:.1f}x | {r['sparse_kernel_graph_us']:.1f} | {gfull:.1f} | "
                      f"{r['speedup_graph_us']:.1f}x | {r['selection_equal']} | {r['max_abs_err_vs_reference']:.1e} |")

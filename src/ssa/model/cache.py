@@ -123,7 +123,8 @@ class SSACache:
         offset = col - (columns - count_t[:, None])  # 0 at each row's first real column
         positions = (self.lengths[:, None] + offset).clamp(min=0)
         # Shared by every layer's decode: computed once per pass, not once per layer.
-        column_lengths = [] if self.seen_tokens == 0 else [self.lengths + j + 1 for j in range(columns)]
+        # int32: what the decode kernel reads, so no per-layer cast.
+        column_lengths = [] if self.seen_tokens == 0 else [(self.lengths + j + 1).int() for j in range(columns)]
         return CacheStep(list(self.host_lengths), count, columns, self.lengths, positions, column_lengths)
 
     def commit(self, step: CacheStep) -> None:
