@@ -118,3 +118,27 @@ def test_refuses_to_overwrite_a_non_empty_out(tmp_path, capsys):
     (tmp_path / "out" / "keep.txt").write_text("x")
     assert main(["convert", "--from-llama", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_export_of_a_training_run_loads_with_auto_classes(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from ssa.model import SSAConfig
+
+    step = tmp_path / "run" / "checkpoints" / "step_00000010"
+    model = SSAForCausalLM(SSAConfig(method="moba", vocab_size=64, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=4, block_size=4)).eval()
+    model.save_pretrained(step)
+    torch.save({"step": 10}, step / "training_state.pt")
+    (tmp_path / "run" / "checkpoints" / "latest").write_text("step_00000010\n")
+    out = tmp_path / "export"
+    assert main(["convert", "--from-run", str(tmp_path / "run"), "--out", str(out), "--block-count", "7"]) == 0
+    assert not (out / "training_state.pt").exists()
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert loaded.config.method == "moba" and loaded.config.block_count == 7
+    ids = torch.randint(0, 64, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(ids).logits, model(ids, block_count=7).logits)
+    capsys.readouterr()
+    assert main(["convert", "--from-run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
