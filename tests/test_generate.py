@@ -141,3 +141,12 @@ def test_ssa_generate_bad_input_is_one_line(tmp_path, capsys, argv, message):
     rc = main([a.replace("{ckpt}", str(tmp_path)) for a in argv])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and "\n" not in err
+
+
+def test_zero_token_type_ids_from_4x_tokenizers_are_accepted():
+    model = tiny_model("ssa")
+    ids = prompt()
+    plain = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert torch.equal(model.generate(ids, token_type_ids=torch.zeros_like(ids), max_new_tokens=3, do_sample=False), plain)
+    with pytest.raises(ValueError, match="token_type_ids must be all zeros"):
+        model.generate(ids, token_type_ids=torch.ones_like(ids), max_new_tokens=3)

@@ -346,7 +346,7 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(
         self, input_ids, past_key_values=None, attention_mask=None, use_cache=None, attention_mode=None,
-        block_count=None, block_size=None, logits_to_keep=None, inputs_embeds=None, **kwargs,
+        block_count=None, block_size=None, logits_to_keep=None, inputs_embeds=None, token_type_ids=None, **kwargs,
     ):
         """Feed generate's ids that the cache has not seen; positions come from the cache.
 
@@ -356,6 +356,10 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         """
         if inputs_embeds is not None:
             raise ValueError("inputs_embeds is not supported by SSAForCausalLM.generate; pass input_ids")
+        # transformers 4.x fast tokenizers return all-zero token_type_ids by default; they carry no
+        # information for a decoder-only model, anything else would be silently lost.
+        if token_type_ids is not None and bool(token_type_ids.any()):
+            raise ValueError("token_type_ids must be all zeros (SSA models have no segment embeddings)")
         if past_key_values is not None:
             input_ids = input_ids[:, past_key_values.get_seq_length():]
         if logits_to_keep is None:  # a prompt needs only its last logits; later steps all of theirs
