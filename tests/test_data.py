@@ -70,7 +70,7 @@ def test_synthetic_recall_statements_are_queried_far_back():
     assert spec.min_gap > 16 * 4  # beyond the tiny preset's 64-token sparse window
     docs = list(recall_documents(1, 60_000, spec))
     n_queries = 0
-    event = re.compile(r"The code for (\w+) is (\d+)\. |What is the code for (\w+)\? It is (\d+)\.")
+    event = re.compile(r"(?<!Again, )The code for (\w+) is (\d+)\. |Again, the code for (\w+) is (\d+)\.")
     for doc in docs:
         stated = {}  # key -> (byte offset after its statement, value); keys recur only after a query
         for m in event.finditer(doc):
@@ -97,7 +97,7 @@ def test_recall_probe():
     prompt, answer = recall_probe(0, 200)
     key = re.match(r"The code for (\w+) is (\d+)\.", prompt)
     assert key.group(2) == answer and key.group(1) in KEYS
-    assert prompt.endswith(f"What is the code for {key.group(1)}? It is ")
+    assert prompt.endswith(f"Again, the code for {key.group(1)} is ")
     assert len(prompt) - len(key.group(0)) > 200
 
 

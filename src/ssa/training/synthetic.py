@@ -3,7 +3,10 @@
 Each document interleaves three kinds of sentences:
   statement  "The code for <key> is <digits>."
   filler     short sentences generated from small word lists (predictable, no digits)
-  query      "What is the code for <key>? It is <digits>."   (the same digits as the statement)
+  query      "Again, the code for <key> is <digits>."   (the same digits as the statement)
+The query repeats the statement's wording so that the digits follow the same context ("for <key>
+is ") in both places: the model can learn recall as plain copying (an induction head), which a
+small model picks up within a few hundred steps, instead of a reformulation it could not.
 A query is only emitted once at least `min_gap` bytes separate it from its statement, so with byte
 tokens the digits can only be predicted by attending back further than `min_gap` tokens. With the
 tiny preset (block_size 16, block_count 4: a 64-token sparse window) `min_gap=96` forces the
@@ -43,9 +46,9 @@ class RecallSpec:
     doc_max: int = 1800
     min_gap: int = 96
     max_gap: int = 400
-    value_digits: int = 4
+    value_digits: int = 6
     max_pending: int = 6
-    filler_percent: int = 25  # share of free choices that emit filler rather than a statement/query
+    filler_percent: int = 15  # share of free choices that emit filler rather than a statement/query
 
     def validate(self) -> None:
         if not isinstance(self.filler_percent, int) or not 0 <= self.filler_percent <= 100:
@@ -88,7 +91,7 @@ def recall_document(rng: random.Random, spec: RecallSpec) -> str:
         if overdue or (ready and r < fact / 2) or (pos >= target and ready):
             key, value, _ = (overdue or ready)[0] if overdue else rng.choice(ready)
             pending = [p for p in pending if p[0] != key]
-            s = f"What is the code for {key}? It is {value}. "
+            s = f"Again, the code for {key} is {value}. "
         elif pos < target and len(pending) < spec.max_pending and r < fact:
             used = {p[0] for p in pending}
             key = rng.choice([k for k in KEYS if k not in used])
@@ -126,4 +129,4 @@ def recall_probe(seed: int, distance: int, spec: RecallSpec | None = None) -> tu
     filler = ""
     while len(filler) < distance:
         filler += _filler(rng)
-    return f"The code for {key} is {value}. {filler}What is the code for {key}? It is ", value
+    return f"The code for {key} is {value}. {filler}Again, the code for {key} is ", value
