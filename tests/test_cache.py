@@ -233,3 +233,18 @@ def test_decode_op_argument_errors():
         full_decode(q, k, v, torch.tensor([17]))
     with pytest.raises(TypeError, match="lengths must be an integer tensor"):
         full_decode(q, k, v, torch.tensor([3.0]))
+
+
+def test_right_padding_without_cache_is_a_plain_forward():
+    # Causal attention never looks right, so right-padded rows keep their real tokens' logits
+    # (what an evaluation harness passes); left padding goes through the per-row cache path.
+    model = tiny_model("ssa")
+    ids = torch.randint(1, 64, (2, 12), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        plain = model(ids).logits
+        padded = model(ids, attention_mask=mask).logits
+        with pytest.raises(ValueError, match="left padding"):
+            model(ids, attention_mask=mask, use_cache=True)
+    torch.testing.assert_close(padded, plain)

@@ -313,8 +313,9 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
 
     def _cache_for_call(self, plan, past_key_values, use_cache, attention_mask, position_ids):
         """The cache this call reads and extends, or None for a plain (training-style) pass."""
-        # A padded batch runs through a throw-away cache: it stores each row without its padding.
-        padded = attention_mask is not None and not bool(attention_mask.bool().all())
+        # A left-padded batch runs through a throw-away cache: it stores each row without its padding.
+        # Right padding needs nothing: in a causal model real tokens never see the pads after them.
+        padded = attention_mask is not None and not _right_padded_or_full(attention_mask)
         if past_key_values is None and not use_cache and not padded:
             return None
         if plan.align or plan.want_stats:
@@ -369,6 +370,13 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
             "use_cache": use_cache, "attention_mode": attention_mode, "block_count": block_count,
             "block_size": block_size, "logits_to_keep": logits_to_keep,
         }
+
+
+def _right_padded_or_full(attention_mask) -> bool:
+    """Each row is ones followed by zeros (possibly none)."""
+    mask = attention_mask.bool()
+    ones = mask.sum(1, keepdim=True)
+    return bool((mask == (torch.arange(mask.shape[1], device=mask.device)[None, :] < ones)).all())
 
 
 def _check_inference_settings(config: SSAConfig) -> None:
