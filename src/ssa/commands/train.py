@@ -57,9 +57,15 @@ def run(args) -> int:
     cfg = resolve_config(base, method=args.method, overrides=overrides, preset=preset)
     out = Path(args.out) if args.out else Path("runs") / f"{preset or 'custom'}-{cfg['method']}"
 
+    from ssa.cli import CommandError
     from ssa.training.trainer import train
 
-    summary = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    try:
+        summary = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        raise CommandError(f"interrupted; continue from the last checkpoint with: ssa train --out {out} --resume") from None
+    except FloatingPointError as err:  # a diverged run: the checkpoints before it are intact
+        raise CommandError(str(err)) from None
     last = summary.get("last") or {}
     line = {"run_dir": summary["run_dir"], "step": summary["step"], "wall_s": round(summary["wall_s"], 1),
             "loss": last.get("loss"), "ce_loss": last.get("ce_loss"), "align_loss": last.get("align_loss")}

@@ -233,6 +233,10 @@ def _train(cfg, spec, data_spec, run_dir, info, device, resume, progress, t_star
         ckpt.write_text_atomic(run_dir / "train_config.json", json.dumps(full_cfg, indent=2, default=str) + "\n")
         if resume:
             _append_jsonl(metrics_path, {"event": "resume", "step": start_step, "from": resume_dir.name})
+        elif metrics_path.exists():
+            # A fresh run in a directory whose earlier attempt died before its first checkpoint:
+            # keep the old log beside the new one rather than mixing or deleting it.
+            os.replace(metrics_path, run_dir / f"metrics.{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
     dist.barrier(info)
     if resume:
         set_rng_state(state["rng"])  # last: model construction and loading must not disturb it
