@@ -66,11 +66,12 @@ def score_continuations(model, pairs: list[tuple[list[int], list[int]]], max_len
 
 @torch.no_grad()
 def greedy_generate(model, ids: list[int], max_new_tokens: int, stop_ids=(), stop_strings=(), tokenizer=None,
-                    max_length: int | None = None, mode=None, block_count=None, block_size=None) -> list[int]:
+                    max_length: int | None = None, mode=None, block_count=None, block_size=None,
+                    stop_when=None) -> list[int]:
     """Greedy decoding by repeated full forwards (no KV cache): returns the new token ids.
 
     Stops at any id in `stop_ids` (not included) or once the decoded text contains a stop string
-    (the text is cut there by the caller).
+    (the text is cut there by the caller), or when `stop_when(new_ids)` returns True.
     """
     device = next(model.parameters()).device
     kw = forward_kwargs(mode, block_count, block_size)
@@ -84,6 +85,8 @@ def greedy_generate(model, ids: list[int], max_new_tokens: int, stop_ids=(), sto
             break
         new.append(nxt)
         seq.append(nxt)
+        if stop_when is not None and stop_when(new):
+            break
         if stop_strings and tokenizer is not None:
             text = tokenizer.decode(new)
             if any(s in text for s in stop_strings):

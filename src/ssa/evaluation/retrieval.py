@@ -140,8 +140,14 @@ def run_retrieval(loaded, spec: RetrievalSpec, modes, block_count=None, progress
                 lls = [ll for ll, _ in score_continuations(model, pairs, len(s["ids"]) + 16, mode, bc,
                                                           batch_size=len(pairs))]
                 ranks.append(1 + sum(1 for x in lls[1:] if x >= lls[0]))  # ties count against the key
-                new = greedy_generate(model, s["ids"], len(encode(tok, " " + s["key"])) + 1, stop_ids=stop,
-                                      mode=mode, block_count=bc)
+                key = s["key"]
+
+                def diverged(ids, key=key):  # no need to decode further once the key cannot match
+                    text = tok.decode(ids).lstrip()
+                    return not key.startswith(text[: len(key)]) or len(text) >= len(key)
+
+                new = greedy_generate(model, s["ids"], len(encode(tok, " " + key)) + 1, stop_ids=stop,
+                                      mode=mode, block_count=bc, stop_when=diverged)
                 em.append(float(tok.decode(new).strip().startswith(s["key"])))
             results.append({
                 "haystack": h, "length": int(L), "depth": float(d), "mode": mode, "block_count": bc,
