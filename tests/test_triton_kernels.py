@@ -158,12 +158,12 @@ def _close(name, got, want, rtol, atol):
 
 ATTN_CASES = [
     # B, T, HQ, HK, D, s, n, dtype, indices
-    (2, 77, 4, 2, 32, 16, 3, torch.float32, "select"),  # batch 2, G=2, T % s != 0
+    (2, 77, 2, 1, 32, 16, 3, torch.float32, "select"),  # batch 2, G=2, T % s != 0
     (1, 100, 2, 2, 64, 32, 2, torch.float32, "select"),  # G=1, s=32
     (1, 64, 8, 1, 128, 16, 3, torch.float32, "random"),  # G=8, D=128
     (1, 50, 3, 1, 32, 16, 2, torch.float32, "random"),  # G=3 (padded group)
     (1, 150, 2, 1, 32, 64, 2, torch.float32, "select"),  # s=64
-    (1, 70, 4, 2, 32, 16, 20, torch.float32, "select"),  # n > number of blocks
+    (1, 70, 2, 1, 32, 16, 20, torch.float32, "select"),  # n > number of blocks
     (1, 90, 2, 1, 32, 8, 4, torch.float32, "random"),  # s=8 (padded key tile)
     (2, 96, 4, 1, 64, 16, 4, torch.bfloat16, "select"),
     (1, 80, 4, 2, 64, 16, 3, torch.float16, "random"),
@@ -319,3 +319,48 @@ def test_backward_with_expanded_output_gradient():
         grads.append([x.grad for x in xs])
     for a, b in zip(*grads):
         _close("grad", a, b, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# NSA branches (fast versions used by the dispatch on GPU)
+# ----------------------------------------------------------------------------------------------
+
+
+def _grads(fn, q, k, v, do):
+    xs = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    o = fn(*xs)
+    (o.float() * do).sum().backward()
+    return [o] + [x.grad for x in xs]
+
+
+@pytest.mark.parametrize("T,HQ,HK,window,dtype", [
+    (120, 2, 1, 80, torch.float32),  # window spans up to three 64-key blocks
+    (70, 4, 2, 20, torch.float32),  # window shorter than a key block, G=2
+    (50, 2, 1, 1, torch.float32),  # each query sees only itself
+    (90, 2, 1, 70, torch.bfloat16),
+])
+def test_sliding_window_attention_matches_reference(T, HQ, HK, window, dtype):
+    q, k, v = _qkv(1, T, HQ, HK, 32, dtype, seed=T + window)
+    do = torch.randn(1, T, HQ, 32, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    got = _grads(lambda *x: tri.sliding_window_attention(*x, window, 0.2), q, k, v, do)
+    want = _grads(lambda *x: reference.sliding_window_attention(*x, window, 0.2),
+                  q.float(), k.float(), v.float(), do)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    for name, a, b in zip(("o", "dq", "dk", "dv"), got, want):
+        _close(name, a, b, **tol)
+
+
+@pytest.mark.parametrize("T,HQ,HK,s,dtype", [
+    (100, 4, 2, 16, torch.float32),  # T % s != 0: the partial block is never attended
+    (64, 2, 1, 8, torch.bfloat16),
+    (10, 2, 1, 16, torch.float32),  # no complete block: all zeros
+])
+def test_compressed_attention_matches_reference(T, HQ, HK, s, dtype):
+    q, k, v = _qkv(2, T, HQ, HK, 32, dtype, seed=T + s)
+    do = torch.randn(2, T, HQ, 32, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    got = _grads(lambda *x: tri.compressed_attention(*x, s, 0.2), q, k, v, do)
+    want = _grads(lambda *x: reference.compressed_attention(*x, s, 0.2), q.float(), k.float(), v.float(), do)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    for name, a, b in zip(("o", "dq", "dk", "dv"), got, want):
+        _close(name, a, b, **tol)
+    assert (got[0][:, :s] == 0).all()  # first-block queries have nothing to attend to

@@ -17,6 +17,11 @@ from ._interpreter_compat import apply as _apply_interpreter_compat  # noqa: E40
 
 _apply_interpreter_compat()
 
-from .ops import block_sparse_attention, select_blocks  # noqa: E402
+from .ops import (  # noqa: E402
+    block_sparse_attention,
+    compressed_attention,
+    select_blocks,
+    sliding_window_attention,
+)
 
-__all__ = ["select_blocks", "block_sparse_attention"]
+__all__ = ["select_blocks", "block_sparse_attention", "compressed_attention", "sliding_window_attention"]

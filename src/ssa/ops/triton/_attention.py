@@ -32,7 +32,8 @@ SEG = 128
 
 @triton.jit
 def _gather_slot_keys(idx_base, si_t, it, t0, T,
-                      S: tl.constexpr, BS: tl.constexpr, BPI: tl.constexpr, N: tl.constexpr, QB: tl.constexpr):
+                      S: tl.constexpr, BS: tl.constexpr, BPI: tl.constexpr, N: tl.constexpr, QB: tl.constexpr,
+                      WINDOW: tl.constexpr):
     """Keys of slots it*BPI .. it*BPI+BPI-1 of queries t0 .. t0+QB-1, laid out query-major.
 
     Returns each key's position, the query it belongs to (0..QB-1) and whether it is visible.
@@ -46,6 +47,8 @@ def _gather_slot_keys(idx_base, si_t, it, t0, T,
     blk = tl.load(idx_base + t * si_t + slot, mask=(slot < N) & (t < T), other=-1)
     pos = blk * S + off
     ok = (blk >= 0) & (off < S) & (pos <= t) & (pos < T)
+    if WINDOW > 0:  # sliding-window attention: only the last WINDOW positions, the query included
+        ok = ok & (pos > t - WINDOW)
     return pos, jq, ok
 
 
@@ -58,6 +61,7 @@ def _fwd_kernel(
     scale2,
     S: tl.constexpr, BS: tl.constexpr, BPI: tl.constexpr, N: tl.constexpr, QB: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
+    WINDOW: tl.constexpr,
 ):
     # Rows are (query, head) pairs of QB consecutive queries. Each query gathers its own keys, so a
     # row may only see the keys of its own query (the block-diagonal mask `mine`). On the GPU QB is 1;
@@ -84,7 +88,7 @@ def _fwd_kernel(
     l = tl.zeros((QB * GP,), tl.float32)
     acc = tl.zeros((QB * GP, BD), tl.float32)
     for it in range(0, tl.cdiv(N, BPI)):
-        pos, jq, ok = _gather_slot_keys(idx_base, si_t, it, t0, T, S, BS, BPI, N, QB)
+        pos, jq, ok = _gather_slot_keys(idx_base, si_t, it, t0, T, S, BS, BPI, N, QB, WINDOW)
         kv_mask = ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + pos[:, None] * sk_t + d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + pos[:, None] * sv_t + d[None, :], mask=kv_mask, other=0.0)
@@ -116,7 +120,7 @@ def _dq_kernel(
     scale, scale2,
     S: tl.constexpr, BS: tl.constexpr, BPI: tl.constexpr, N: tl.constexpr, QB: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
-    HAS_DLSE: tl.constexpr,
+    HAS_DLSE: tl.constexpr, WINDOW: tl.constexpr,
 ):
     # Same tiling as the forward; recomputes p from the saved lse. Also computes
     # delta = rowsum(dO * O) - dlse here and stores it for the dk/dv kernel, so no [B, T, HQ, D]
@@ -151,7 +155,7 @@ def _dq_kernel(
 
     dq = tl.zeros((QB * GP, BD), tl.float32)
     for it in range(0, tl.cdiv(N, BPI)):
-        pos, jq, ok = _gather_slot_keys(idx_base, si_t, it, t0, T, S, BS, BPI, N, QB)
+        pos, jq, ok = _gather_slot_keys(idx_base, si_t, it, t0, T, S, BS, BPI, N, QB, WINDOW)
         kv_mask = ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + pos[:, None] * sk_t + d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + pos[:, None] * sv_t + d[None, :], mask=kv_mask, other=0.0)
@@ -175,6 +179,7 @@ def _dkdv_kernel(
     scale, scale2,
     S: tl.constexpr, BS: tl.constexpr, BQ: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
+    WINDOW: tl.constexpr,
 ):
     w = tl.program_id(0)
     key = tl.load(item_key_ptr + w)
@@ -213,6 +218,8 @@ def _dkdv_kernel(
         delta = tl.load(delta_ptr + b * sl_b + t * sl_t + heads * sl_h, mask=row_ok, other=0.0)
         x = mma(q, tl.trans(k), tl.zeros((R, BS), tl.float32), IEEE) * scale2
         ok = row_ok[:, None] & kv_ok[None, :] & (pos[None, :] <= t[:, None])
+        if WINDOW > 0:
+            ok = ok & (pos[None, :] > t[:, None] - WINDOW)
         p = tl.where(ok, tl.exp2(x - lse2[:, None]), 0.0)
         dv = mma(tl.trans(p.to(do.dtype)), do, dv, IEEE)
         dp = mma(do, tl.trans(v), tl.zeros((R, BS), tl.float32), IEEE)
@@ -236,8 +243,11 @@ def _tiles(block_size: int, group: int, head_dim: int) -> dict:
     )
 
 
-def sparse_forward(q, k, v, block_indices, block_size: int, scale: float):
-    """o [B, T, HQ, D] (q's dtype) and natural-log lse [B, T, HQ] float32."""
+def sparse_forward(q, k, v, block_indices, block_size: int, scale: float, window: int = 0):
+    """o [B, T, HQ, D] (q's dtype) and natural-log lse [B, T, HQ] float32.
+
+    window > 0 additionally hides keys at or before t - window (sliding-window attention).
+    """
     B, T, HQ, D = q.shape
     HK = k.shape[2]
     G = HQ // HK
@@ -251,7 +261,7 @@ def sparse_forward(q, k, v, block_indices, block_size: int, scale: float):
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *block_indices.stride()[:3], *o.stride()[:3], *lse.stride(),
         scale * LOG2E,
-        N=n, G=G, D=D, IEEE=q.dtype == torch.float32, **tiles,
+        N=n, G=G, D=D, IEEE=q.dtype == torch.float32, WINDOW=window, **tiles,
         num_warps=4, num_stages=2,
     )
     return o, lse
@@ -289,7 +299,7 @@ def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, s
     return qlist, item_key.to(torch.int32), item_start.to(torch.int32), item_end.to(torch.int32), num_keys
 
 
-def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, scale: float):
+def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, scale: float, window: int = 0):
     """dq, dk, dv of block-sparse attention; dlse (or None) is the gradient reaching lse."""
     B, T, HQ, D = q.shape
     HK = k.shape[2]
@@ -309,7 +319,7 @@ def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, s
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *block_indices.stride()[:3],
         *o.stride()[:3], *do.stride()[:3], *lse.stride(), *dq.stride()[:3],
         scale, scale * LOG2E,
-        N=n, G=G, D=D, IEEE=ieee, HAS_DLSE=dlse is not None, **tiles,
+        N=n, G=G, D=D, IEEE=ieee, HAS_DLSE=dlse is not None, WINDOW=window, **tiles,
         num_warps=4, num_stages=2,
     )
 
@@ -325,7 +335,7 @@ def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, s
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *lse.stride(), *dk.stride()[:3],
         scale, scale * LOG2E,
-        S=block_size, BS=tiles["BS"], BQ=BQ, G=G, GP=GP, D=D, BD=tiles["BD"], IEEE=ieee,
+        S=block_size, BS=tiles["BS"], BQ=BQ, G=G, GP=GP, D=D, BD=tiles["BD"], IEEE=ieee, WINDOW=window,
         num_warps=4, num_stages=2,
     )
     return dq, dk.to(k.dtype), dv.to(v.dtype)

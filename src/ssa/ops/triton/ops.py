@@ -11,11 +11,15 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from . import _attention, _select
+from . import _attention, _nsa, _select
 
 # dtypes the kernels handle; float64 goes to the reference (it is a debugging dtype, and the tensor
 # cores have no fast path for it).
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# Key-block size used to tile sliding windows (any size works; 64 keeps the masked waste of a
+# 128-token window at a third of the keys read).
+WINDOW_BLOCK = 64
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -36,14 +40,15 @@ def _(q, k, block_size, block_count, scale):
 
 @torch.library.custom_op("ssa::sparse_attention_fwd_triton", mutates_args=())
 def _fwd_op(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_indices: torch.Tensor, block_size: int, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_indices: torch.Tensor, block_size: int, scale: float,
+    window: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
-    return _attention.sparse_forward(q, k, v, block_indices, block_size, scale)
+    return _attention.sparse_forward(q, k, v, block_indices, block_size, scale, window)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, block_indices, block_size, scale):
+def _(q, k, v, block_indices, block_size, scale, window=0):
     B, T, HQ, _ = q.shape
     return torch.empty_like(q), q.new_empty((B, T, HQ), dtype=torch.float32)
 
@@ -52,31 +57,33 @@ def _(q, k, v, block_indices, block_size, scale):
 def _bwd_op(
     do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     o: torch.Tensor, lse: torch.Tensor, block_indices: torch.Tensor, block_size: int, scale: float,
+    window: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     # do may arrive expanded (stride 0 everywhere, e.g. from o.sum()).
     do, q, k, v, o = (_last_dim_contiguous(x) for x in (do, q, k, v, o))
-    return _attention.sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size, scale)
+    return _attention.sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size, scale, window)
 
 
 @_bwd_op.register_fake
-def _(do, dlse, q, k, v, o, lse, block_indices, block_size, scale):
+def _(do, dlse, q, k, v, o, lse, block_indices, block_size, scale, window=0):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, block_indices, block_size, scale = inputs
+    q, k, v, block_indices, block_size, scale, window = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse, block_indices)
     ctx.block_size = block_size
     ctx.scale = scale
+    ctx.window = window
 
 
 def _backward(ctx, do, dlse):
     q, k, v, o, lse, block_indices = ctx.saved_tensors
     if do is None:
         do = torch.zeros_like(o)
-    dq, dk, dv = _bwd_op(do, dlse, q, k, v, o, lse, block_indices, ctx.block_size, ctx.scale)
-    return dq, dk, dv, None, None, None
+    dq, dk, dv = _bwd_op(do, dlse, q, k, v, o, lse, block_indices, ctx.block_size, ctx.scale, ctx.window)
+    return dq, dk, dv, None, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -95,5 +102,38 @@ def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float
         return reference.block_sparse_attention(q, k, v, block_indices, block_size, scale, return_lse)
     if block_indices.dtype != torch.int32:
         block_indices = block_indices.to(torch.int32)
-    o, lse = _fwd_op(q, k, v, block_indices, block_size, float(scale))
+    o, lse = _fwd_op(q, k, v, block_indices, block_size, float(scale), 0)
     return (o, lse) if return_lse else o
+
+
+def sliding_window_attention(q, k, v, window: int, scale: float):
+    """Causal attention over the last `window` positions, through the block-sparse kernels.
+
+    Each query lists the key blocks that overlap its window (blocks of WINDOW_BLOCK keys, at most
+    ceil((window - 1) / WINDOW_BLOCK) + 1 of them) and the kernels mask keys outside the window, so
+    forward and backward cost O(T * window) with no T x T mask.
+    """
+    if q.dtype not in KERNEL_DTYPES:
+        return reference.sliding_window_attention(q, k, v, window, scale)
+    s = WINDOW_BLOCK
+    T = q.shape[1]
+    t = torch.arange(T, device=q.device)
+    first = (t - window + 1).clamp(min=0) // s  # block of the oldest key in the window
+    n = (window - 1 + s - 1) // s + 1
+    blocks = first[:, None] + torch.arange(n, device=q.device)[None, :]
+    blocks = torch.where(blocks <= (t // s)[:, None], blocks, -1).to(torch.int32)
+    idx = blocks[None, :, None, :].expand(q.shape[0], T, k.shape[2], n)
+    o, _ = _fwd_op(q, k, v, idx, s, float(scale), int(window))
+    return o
+
+
+def compressed_attention(q, k, v, block_size: int, scale: float):
+    """NSA compression branch on the GPU: PyTorch SDPA over the mean-pooled blocks.
+
+    A zero key/value pair is prepended and is the only visible key for queries of the first block
+    (they have no complete earlier block): they output exactly zero and pass no gradient, as in the
+    reference. The boolean mask is [T, T/s + 1]: small next to the T x T of full attention.
+    """
+    if q.dtype not in KERNEL_DTYPES:
+        return reference.compressed_attention(q, k, v, block_size, scale)
+    return _nsa.compressed_attention(q, k, v, block_size, scale)
