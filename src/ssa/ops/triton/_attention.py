@@ -68,7 +68,7 @@ def _fwd_kernel(
     # larger QB only serves the CPU interpreter, where it cuts the number of programs.
     t0 = tl.program_id(0) * QB
     bh = tl.program_id(1)
-    b = bh // HK
+    b = (bh // HK).to(tl.int64)  # batch offsets can pass 2^31 elements
     hk = bh % HK
     r = tl.arange(0, QB * GP)
     rq = r // GP
@@ -127,7 +127,7 @@ def _dq_kernel(
     # float32 temporaries are made (a gradient on lse adds p * dlse to dS).
     t0 = tl.program_id(0) * QB
     bh = tl.program_id(1)
-    b = bh // HK
+    b = (bh // HK).to(tl.int64)  # batch offsets can pass 2^31 elements
     hk = bh % HK
     r = tl.arange(0, QB * GP)
     rq = r // GP
@@ -187,7 +187,7 @@ def _dkdv_kernel(
         return
     start = tl.load(item_start_ptr + w)
     end = tl.load(item_end_ptr + w)
-    b = key // (HK * NB)
+    b = (key // (HK * NB)).to(tl.int64)
     hk = (key // NB) % HK
     c = key % NB
 

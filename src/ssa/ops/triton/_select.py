@@ -71,7 +71,7 @@ def _select_kernel(
     # Later query tiles have more candidates: launch them first so the tail of the grid is short.
     pid_q = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // HK
+    b = (bh // HK).to(tl.int64)  # batch offsets can pass 2^31 elements
     hk = bh % HK
     R: tl.constexpr = BQ * GP
 
