@@ -251,3 +251,13 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
         assert ddp[s]["loss"] == pytest.approx(one[s]["loss"], rel=1e-4)
         assert ddp[s]["tokens"] == one[s]["tokens"]
     assert json.loads((tmp_path / "ddp" / "train_config.json").read_text())["world_size"] == 2
+
+
+def test_fresh_start_keeps_an_earlier_log_aside(tmp_path):
+    """A run that died before its first checkpoint can be restarted; its log is kept, not mixed."""
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    T.train(micro_config("full", max_steps=2, save_every=2), tmp_path, progress=False)
+    old = list(tmp_path.glob("metrics.*.jsonl"))
+    assert len(old) == 1 and old[0].read_text() == '{"step": 1, "loss": 9.0}\n'
+    train, _ = read_metrics(tmp_path)
+    assert sorted(train) == [1, 2] and train[1]["loss"] != 9.0
