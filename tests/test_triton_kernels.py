@@ -210,10 +210,12 @@ def test_unselected_blocks_get_exactly_zero_gradient():
     assert (k.grad[:, :-s] != 0).any(-1).all() and (v.grad[:, :-s] != 0).any(-1).all()
 
 
-def test_long_query_lists_are_split_across_programs(monkeypatch):
+@pytest.mark.parametrize("build", ["torch", "triton"])
+def test_long_query_lists_are_split_across_programs(monkeypatch, build):
     # Every query selects block 0, so its list is T long; a tiny segment length forces many work
-    # items for that block whose partial dk/dv meet through atomic adds.
+    # items for that block whose partial dk/dv meet through atomic adds. Both index builds.
     monkeypatch.setattr(_attention, "SEG", 4)
+    monkeypatch.setattr(_attention, "INDEX_BUILD", build)
     B, T, HQ, HK, D, s = 1, 100, 4, 2, 32, 16
     q, k, v = _qkv(B, T, HQ, HK, D, torch.float32, seed=7)
     cur = (torch.arange(T, device=DEVICE) // s)[None, :, None, None].expand(B, T, HK, 1)
@@ -227,10 +229,14 @@ def test_long_query_lists_are_split_across_programs(monkeypatch):
         _close(name, a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_inverted_index_lists_exactly_the_selecting_queries():
+@pytest.mark.parametrize("build", ["torch", "triton"])
+def test_inverted_index_lists_exactly_the_selecting_queries(build):
+    from ssa.ops.triton import _index
+
     B, T, HK, n, s = 2, 70, 2, 3, 8
     idx = _random_indices(B, T, HK, n, s, seed=11)
-    qlist, key, start, end, num_keys = _attention.inverted_index(idx, T, s, seg=5)
+    make = _attention.inverted_index if build == "torch" else _index.inverted_index
+    qlist, key, start, end, num_keys = make(idx, T, s, seg=5)
     nb = -(-T // s)
     seen = {}
     for w in range(key.numel()):

@@ -53,6 +53,8 @@ def add_arguments(parser) -> None:
                         "both streams run every step)")
     t.add_argument("--json", default=None)
     t.add_argument("--select-config", default=None, help="as for `ssa bench attention`")
+    t.add_argument("--index-build", choices=("torch", "triton"), default=None,
+                   help="how the backward builds its inverted index (default: the library's)")
 
 
 def run(args) -> int:
@@ -183,6 +185,15 @@ def bench_attention(args) -> dict:
             row["sdpa_fwd_ms"] = _median_ms(lambda: _sdpa(q, k, v, scale), args.rep_ms)
         o = block_sparse_attention(q, k, v, s, n, idx, scale, backend="triton")
         row["sparse_bwd_ms"] = _median_ms(lambda: o.backward(do, retain_graph=True), args.rep_ms, leaves)
+        # The alternative inverted-index build (Triton kernels instead of PyTorch ops), for comparison.
+        from ..ops.triton import _attention
+
+        default_build, _attention.INDEX_BUILD = _attention.INDEX_BUILD, "triton"
+        try:
+            row["sparse_bwd_triton_index_ms"] = _median_ms(
+                lambda: o.backward(do, retain_graph=True), args.rep_ms, leaves)
+        finally:
+            _attention.INDEX_BUILD = default_build
         o = _sdpa(q, k, v, scale)
         row["sdpa_bwd_ms"] = _median_ms(lambda: o.backward(do, retain_graph=True), args.rep_ms, leaves)
         del o
@@ -219,6 +230,8 @@ def bench_attention(args) -> dict:
         del q, k, v, do, leaves, idx
         torch.cuda.empty_cache()
 
+    print("\nsparse bwd with the Triton-built inverted index (ms): "
+          + ", ".join(f"{r['T'] // 1024}k {r['sparse_bwd_triton_index_ms']:.3f}" for r in rows))
     print("\n| T | select ms | sparse fwd ms | SDPA fwd ms | fwd x | sparse bwd ms | SDPA bwd ms | bwd x "
           "| flex fwd / bwd ms | peak MiB sparse / SDPA (index) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -238,6 +251,10 @@ def bench_train_step(args) -> dict:
     from ..training.config import load_preset
 
     _apply_select_config(args.select_config)
+    if args.index_build:
+        from ..ops.triton import _attention
+
+        _attention.INDEX_BUILD = args.index_build
     shape = dict(load_preset(args.preset)["model"])
     shape.pop("_comment", None)
     if args.layers is not None:

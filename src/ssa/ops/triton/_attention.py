@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _index
 from ._common import LOG2E, interpreting, mma, next_pow2
 
 # Queries per dk/dv work item. The mean list length is T * n / num_blocks = n * s (256 at the
@@ -28,6 +29,10 @@ from ._common import LOG2E, interpreting, mma, next_pow2
 # T / SEG programs. Shorter segments mean more parallel programs (short sequences have few blocks)
 # for a little more atomic traffic (s * D floats per item).
 SEG = 128
+
+# How the inverted index is built: "torch" (sort + searchsorted, the measured default) or "triton"
+# (count / scatter / items kernels in `_index.py`, fewer launches; not yet timed on a GPU).
+INDEX_BUILD = "torch"
 
 
 @triton.jit
@@ -323,7 +328,10 @@ def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, s
         num_warps=4, num_stages=2,
     )
 
-    qlist, item_key, item_start, item_end, num_keys = inverted_index(block_indices, T, block_size)
+    if INDEX_BUILD == "triton":
+        qlist, item_key, item_start, item_end, num_keys = _index.inverted_index(block_indices, T, block_size, SEG)
+    else:
+        qlist, item_key, item_start, item_end, num_keys = inverted_index(block_indices, T, block_size)
     dk = torch.zeros(B, T, HK, D, dtype=torch.float32, device=q.device)
     dv = torch.zeros_like(dk)
     GP = next_pow2(G)
