@@ -14,8 +14,9 @@ pattern orders like the float. Each candidate becomes one int64 key
 which is unique and orders by score, then by *lower* block first. The buffer keeps the N-1 largest
 keys seen so far. By default (threshold insertion) it is unsorted: a tile's entries are compared with
 the buffer's minimum, the current (N-1)-th best, and only those above it are inserted, largest first,
-one per round. On random data a tile has almost never more than one such entry once a few hundred
-blocks were seen, so the steady state is one max-reduction per tile and no sort. The alternative
+one per round. After m blocks a tile of BN blocks holds about BN * (N-1) / m such entries per query,
+so the rounds die out as the scan advances and the steady state is a max-reduction per tile and no
+sort (1.4x faster than the sort-merge at 128k on the H100, benchmarks/NOTES.md). The alternative
 (MERGE_BY_SORT) keeps the buffer sorted descending, sorts each tile ascending and takes
 `max(buffer[i], tile[i])`, exactly the top-K of the union (the first half-cleaner step of a bitonic
 merge), then sorts again.
