@@ -370,3 +370,11 @@ def test_compressed_attention_matches_reference(T, HQ, HK, s, dtype):
     for name, a, b in zip(("o", "dq", "dk", "dv"), got, want):
         _close(name, a, b, **tol)
     assert (got[0][:, :s] == 0).all()  # first-block queries have nothing to attend to
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_bench_command_needs_a_gpu(capsys):
+    from ssa.cli import main
+
+    assert main(["bench", "attention", "--seq-lens", "4096"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
