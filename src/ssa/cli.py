@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from ssa.errors import CommandError  # re-exported: commands raise it
+
 # name -> (module, one-line help)
 COMMANDS = {
     "train": ("ssa.commands.train", "train a model from a preset or config file"),
@@ -20,10 +22,6 @@ COMMANDS = {
     "generate": ("ssa.commands.generate", "stream text from a checkpoint"),
     "convert": ("ssa.commands.convert", "convert checkpoints (ssa train -> HF, Llama -> SSA)"),
 }
-
-
-class CommandError(Exception):
-    """An error meant for the user: printed as one line, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
