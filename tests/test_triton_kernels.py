@@ -229,13 +229,14 @@ def test_long_query_lists_are_split_across_programs(monkeypatch, build):
         _close(name, a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("build", ["torch", "triton"])
+@pytest.mark.parametrize("build", ["torch", "triton", "fused"])
 def test_inverted_index_lists_exactly_the_selecting_queries(build):
     from ssa.ops.triton import _index
 
     B, T, HK, n, s = 2, 70, 2, 3, 8
     idx = _random_indices(B, T, HK, n, s, seed=11)
-    make = _attention.inverted_index if build == "torch" else _index.inverted_index
+    make = {"torch": _attention.inverted_index, "triton": _index.inverted_index,
+            "fused": _index.inverted_index_fused}[build]
     qlist, key, start, end, num_keys = make(idx, T, s, seg=5)
     nb = -(-T // s)
     seen = {}
@@ -378,3 +379,45 @@ def test_bench_command_needs_a_gpu(capsys):
 
     assert main(["bench", "attention", "--seq-lens", "4096"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Alternative kernel versions (switchable module settings; see benchmarks/NOTES.md)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefetch,uniform,prologue", [(True, True, "triton"), (False, False, "torch")])
+def test_select_v2_matches_reference(monkeypatch, prefetch, uniform, prologue):
+    # Small launch shape so that a program sees several full tiles and a masked tail: 4 queries per
+    # program (block-uniform at s=4), 16-block tiles over 50 blocks.
+    from ssa.ops.triton import _select
+
+    for name, value in dict(KERNEL="v2", PREFETCH=prefetch, UNIFORM=uniform, PROLOGUE=prologue,
+                            ROWS=16, BLOCK_TILE=16).items():
+        monkeypatch.setattr(_select, name, value)
+    for B, T, HQ, HK, D, s, n, dtype in [(1, 200, 8, 2, 32, 4, 7, torch.float32),
+                                         (2, 150, 4, 1, 64, 4, 5, torch.bfloat16),
+                                         (1, 131, 6, 2, 32, 8, 4, torch.float16)]:
+        q, k, _ = _qkv(B, T, HQ, HK, D, dtype, seed=T)
+        got = _select.select_blocks(q, k, s, n, D ** -0.5)
+        G = HQ // HK
+        _check_selection(got, q, k, s, n, D ** -0.5, G * (2e-6 if dtype == torch.float32 else 2e-5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_index_build_backward(monkeypatch, dtype):
+    # The dq kernel counts the selections; scan and scatter+items kernels build the index. Tiny
+    # segments force split lists.
+    monkeypatch.setattr(_attention, "INDEX_BUILD", "fused")
+    monkeypatch.setattr(_attention, "SEG", 4)
+    B, T, HQ, HK, D, s, n = 2, 70, 4, 2, 32, 8, 3
+    q, k, v = _qkv(B, T, HQ, HK, D, dtype, seed=12)
+    idx = _random_indices(B, T, HK, n, s, seed=12)
+    g = torch.Generator().manual_seed(2)
+    do = torch.randn(B, T, HQ, D, generator=g).to(DEVICE)
+    dlse = torch.randn(B, T, HQ, generator=g).to(DEVICE)
+    got = _run(tri.block_sparse_attention, q, k, v, idx, s, D ** -0.5, do, dlse)
+    want = _run(reference.block_sparse_attention, q.float(), k.float(), v.float(), idx, s, D ** -0.5, do, dlse)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), got, want):
+        _close(name, a, b, **tol)

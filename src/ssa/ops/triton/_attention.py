@@ -30,8 +30,9 @@ from ._common import LOG2E, interpreting, mma, next_pow2
 # for a little more atomic traffic (s * D floats per item).
 SEG = 128
 
-# How the inverted index is built: "torch" (sort + searchsorted, the measured default) or "triton"
-# (count / scatter / items kernels in `_index.py`, fewer launches; not yet timed on a GPU).
+# How the inverted index is built: "torch" (sort + searchsorted, the measured default), "triton"
+# (count / scatter / items kernels in `_index.py`, fewer launches) or "fused" (the dq kernel counts,
+# then one scan and one scatter+items kernel; dk and dv share one zero-filled buffer).
 INDEX_BUILD = "torch"
 
 
@@ -125,7 +126,8 @@ def _dq_kernel(
     scale, scale2,
     S: tl.constexpr, BS: tl.constexpr, BPI: tl.constexpr, N: tl.constexpr, QB: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
-    HAS_DLSE: tl.constexpr, WINDOW: tl.constexpr,
+    HAS_DLSE: tl.constexpr, WINDOW: tl.constexpr, counts_ptr=None, NB=1, COUNT: tl.constexpr = False,
+    NP: tl.constexpr = 16,
 ):
     # Same tiling as the forward; recomputes p from the saved lse. Also computes
     # delta = rowsum(dO * O) - dlse here and stores it for the dk/dv kernel, so no [B, T, HQ, D]
@@ -157,6 +159,13 @@ def _dq_kernel(
     idx_base = idx_ptr + b * si_b + hk * si_h
     k_base = k_ptr + b * sk_b + hk * sk_h
     v_base = v_ptr + b * sv_b + hk * sv_h
+    if COUNT:  # selections per (batch, KV head, key block), for the "fused" inverted index
+        ct = t0 + tl.arange(0, QB)
+        cs = tl.arange(0, NP)
+        cblk = tl.load(idx_base + ct[:, None] * si_t + cs[None, :], mask=(ct < T)[:, None] & (cs < N)[None, :],
+                       other=-1)
+        cvalid = (cblk >= 0) & (cblk < NB)
+        tl.atomic_add(counts_ptr + (b * HK + hk) * NB + cblk, tl.full(cblk.shape, 1, tl.int32), mask=cvalid)
 
     dq = tl.zeros((QB * GP, BD), tl.float32)
     for it in range(0, tl.cdiv(N, BPI)):
@@ -318,22 +327,36 @@ def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, s
     ieee = q.dtype == torch.float32
 
     dq = torch.empty_like(q)
+    nb = -(-T // block_size)
+    fused = INDEX_BUILD == "fused"
+    if fused:
+        block_indices = block_indices.contiguous()
+        counts = torch.zeros(B * HK * nb, dtype=torch.int32, device=q.device)
+        extra = dict(counts_ptr=counts, NB=nb, COUNT=True, NP=max(16, next_pow2(n)))
+    else:
+        extra = {}
     _dq_kernel[(triton.cdiv(T, tiles["QB"]), B * HK)](
         q, k, v, block_indices, o, do, lse, dlse if dlse is not None else lse, delta, dq,
         T, HK,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *block_indices.stride()[:3],
         *o.stride()[:3], *do.stride()[:3], *lse.stride(), *dq.stride()[:3],
         scale, scale * LOG2E,
-        N=n, G=G, D=D, IEEE=ieee, HAS_DLSE=dlse is not None, WINDOW=window, **tiles,
+        N=n, G=G, D=D, IEEE=ieee, HAS_DLSE=dlse is not None, WINDOW=window, **tiles, **extra,
         num_warps=4, num_stages=2,
     )
 
-    if INDEX_BUILD == "triton":
+    if fused:
+        qlist, item_key, item_start, item_end, num_keys = _index.inverted_index_from_counts(
+            block_indices, counts, T, block_size, SEG)
+    elif INDEX_BUILD == "triton":
         qlist, item_key, item_start, item_end, num_keys = _index.inverted_index(block_indices, T, block_size, SEG)
     else:
         qlist, item_key, item_start, item_end, num_keys = inverted_index(block_indices, T, block_size)
-    dk = torch.zeros(B, T, HK, D, dtype=torch.float32, device=q.device)
-    dv = torch.zeros_like(dk)
+    if fused and k.dtype != torch.float32:  # one fill; the casts below make separate outputs
+        dk, dv = torch.zeros(2, B, T, HK, D, dtype=torch.float32, device=q.device).unbind(0)
+    else:
+        dk = torch.zeros(B, T, HK, D, dtype=torch.float32, device=q.device)
+        dv = torch.zeros_like(dk)
     GP = next_pow2(G)
     BQ = max(1, 128 // GP)  # 128 (query, head) rows per step
     _dkdv_kernel[(item_key.numel(),)](

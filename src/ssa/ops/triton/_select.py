@@ -167,6 +167,199 @@ def _score_keys(q, kb_base, c0, NBF, skb_n, skb_part, m_safe, inv_l, cur_row, ro
     return tl.where(blk[None, :] < cur_q[:, None], key, EMPTY)
 
 
+# ------------------------------------------------------------------------------------------------
+# Version 2 (KERNEL = "v2"): the same algorithm with three changes aimed at the H100 time.
+#  - The precision parts of the block keys are concatenated along the feature axis (one row of
+#    KC = next_pow2(NSPLIT * BD) values per block) and q is repeated NSPLIT times, so one product
+#    with K = NSPLIT * BD gives q . (hi + lo): one load, one shared-memory copy and one MMA per tile
+#    instead of NSPLIT of each.
+#  - PREFETCH: the next tile's block keys are loaded before the current tile is computed, so the L2
+#    latency of the loads overlaps the exp/MMA work (Triton 3.6 does not software-pipeline this loop).
+#  - UNIFORM (when BQ divides S): all queries of a program lie in one s-token block, so they share
+#    the candidate set c < c_cur. Tiles entirely below c_cur need no candidate mask at all; only
+#    the last, partial tile is masked (a column mask).
+# A Triton prologue kernel builds the concatenated keys (block means in float32, hi/lo split) in one
+# launch instead of ~10 PyTorch ops.
+# ------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _kcat_tile(kb_base, c0, NBF, stride_n, BN: tl.constexpr, KC: tl.constexpr):
+    offs_c = c0 + tl.arange(0, BN)
+    offs_k = tl.arange(0, KC)
+    return tl.load(kb_base + offs_c[:, None] * stride_n + offs_k[None, :], mask=(offs_c < NBF)[:, None], other=0.0)
+
+
+@triton.jit
+def _insert_keys(buf, kth, key):
+    """Insert the entries of key [BQ, BN] above the K-th best kth [BQ] into the unsorted buffer."""
+    key = tl.where(key > kth[:, None], key, _NEG)
+    top = tl.max(key, 1)
+    while tl.max((top > kth).to(tl.int32)) > 0:
+        put = top > kth
+        buf = tl.where((buf == kth[:, None]) & put[:, None], top[:, None], buf)
+        kth = tl.min(buf, 1)
+        key = tl.where((key > kth[:, None]) & (key != top[:, None]), key, _NEG)
+        top = tl.max(key, 1)
+    return buf, kth
+
+
+@triton.jit
+def _select_kernel_v2(
+    q_ptr, kb_ptr, out_ptr,
+    T, HK, NBF,
+    sq_b, sq_t, sq_h,
+    skb_b, skb_h, skb_n,
+    so_b, so_t, so_h,
+    scale2,
+    S: tl.constexpr, N: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
+    D: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, BN1: tl.constexpr,
+    NSPLIT: tl.constexpr, KC: tl.constexpr, IEEE: tl.constexpr,
+    PREFETCH: tl.constexpr, UNIFORM: tl.constexpr,
+):
+    pid_q = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // HK).to(tl.int64)
+    hk = bh % HK
+    R: tl.constexpr = BQ * GP
+
+    rows = tl.arange(0, R)
+    t_row = pid_q * BQ + rows // GP
+    g_row = rows % GP
+    row_ok = (t_row < T) & (g_row < G)
+    cur_row = t_row // S
+    # q repeated NSPLIT times along the feature axis (column j multiplies part j // BD of kbar).
+    offs_k = tl.arange(0, KC)
+    dk = offs_k % BD
+    q = tl.load(
+        q_ptr + b * sq_b + t_row[:, None] * sq_t + (hk * G + g_row)[:, None] * sq_h + dk[None, :],
+        mask=row_ok[:, None] & ((dk < D) & (offs_k // BD < NSPLIT))[None, :], other=0.0,
+    )
+    kb_base = kb_ptr + b * skb_b + hk * skb_h
+    t_last = tl.minimum(pid_q * BQ + BQ - 1, T - 1)
+    c_end = t_last // S
+    if UNIFORM:
+        c_full = (c_end // BN1) * BN1  # tiles below c_full hold candidates of every row only
+    else:
+        c_full = 0
+
+    # Pass 1: per-row online softmax normalisers (log2 domain).
+    m = tl.full((R,), float("-inf"), tl.float32)
+    l = tl.zeros((R,), tl.float32)
+    kt = _kcat_tile(kb_base, 0, NBF, skb_n, BN1, KC)
+    for c0 in range(0, c_full, BN1):
+        if PREFETCH:
+            kt_next = _kcat_tile(kb_base, c0 + BN1, NBF, skb_n, BN1, KC)
+        else:
+            kt = _kcat_tile(kb_base, c0, NBF, skb_n, BN1, KC)
+        x = mma(q, tl.trans(kt), tl.zeros((R, BN1), tl.float32), IEEE) * scale2
+        m_new = tl.maximum(m, tl.max(x, 1))
+        l = l * tl.exp2(m - m_new) + tl.sum(tl.exp2(x - m_new[:, None]), 1)
+        m = m_new
+        if PREFETCH:
+            kt = kt_next
+    for c0 in range(c_full, c_end, BN1):  # masked tiles: all of them unless UNIFORM, else the tail
+        kt = _kcat_tile(kb_base, c0, NBF, skb_n, BN1, KC)
+        x = mma(q, tl.trans(kt), tl.zeros((R, BN1), tl.float32), IEEE) * scale2
+        cand = ((c0 + tl.arange(0, BN1))[None, :] < cur_row[:, None]) & row_ok[:, None]
+        x = tl.where(cand, x, float("-inf"))
+        m_new = tl.maximum(m, tl.max(x, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l = l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(x - m_safe[:, None]), 1)
+        m = m_new
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    inv_l = tl.where((l > 0) & row_ok, 1.0 / l, 0.0)  # padded heads and rows past T score nothing
+
+    # Pass 2: threshold insertion into an unsorted top-(N-1) buffer (as version 1).
+    t_q = pid_q * BQ + tl.arange(0, BQ)
+    cur_q = t_q // S
+    slot = tl.arange(0, KB)[None, :]
+    buf = tl.where(slot < N - 1, -1 - slot.to(tl.int64), _PAD) + tl.zeros((BQ, KB), tl.int64)
+    kth = tl.min(buf, 1)
+    kt = _kcat_tile(kb_base, 0, NBF, skb_n, BN1, KC)
+    for c0 in range(0, c_full, BN1):
+        if PREFETCH:
+            kt_next = _kcat_tile(kb_base, c0 + BN1, NBF, skb_n, BN1, KC)
+        else:
+            kt = _kcat_tile(kb_base, c0, NBF, skb_n, BN1, KC)
+        x = mma(q, tl.trans(kt), tl.zeros((R, BN1), tl.float32), IEEE) * scale2
+        p = tl.exp2(x - m_safe[:, None]) * inv_l[:, None]
+        score = tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1)
+        blk = c0 + tl.arange(0, BN1)
+        key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
+        buf, kth = _insert_keys(buf, kth, key)
+        if PREFETCH:
+            kt = kt_next
+    for c0 in range(c_full, c_end, BN1):
+        kt = _kcat_tile(kb_base, c0, NBF, skb_n, BN1, KC)
+        x = mma(q, tl.trans(kt), tl.zeros((R, BN1), tl.float32), IEEE) * scale2
+        blk = c0 + tl.arange(0, BN1)
+        cand = (blk[None, :] < cur_row[:, None]) & row_ok[:, None]
+        p = tl.where(cand, tl.exp2(x - m_safe[:, None]) * inv_l[:, None], 0.0)
+        score = tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1)
+        key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
+        key = tl.where(blk[None, :] < cur_q[:, None], key, _NEG)
+        buf, kth = _insert_keys(buf, kth, key)
+
+    best = ((buf & _LOW_MAX) ^ _LOW_MAX).to(tl.int32)
+    BIG: tl.constexpr = 2**30
+    sel = tl.where((buf >= 0) & (buf != _PAD), best, BIG)
+    sel = tl.where(slot == N - 1, cur_q[:, None], sel)
+    sel = tl.sort(sel, 1)
+    sel = tl.where(sel == BIG, -1, sel)
+    tl.store(
+        out_ptr + b * so_b + t_q[:, None] * so_t + hk * so_h + slot,
+        sel, mask=(t_q < T)[:, None] & (slot < N),
+    )
+
+
+@triton.jit
+def _kcat_prologue_kernel(
+    k_ptr, kb_ptr, NBF, HK,
+    sk_b, sk_t, sk_h, skb_b, skb_h, skb_n,
+    S: tl.constexpr, SP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+    NSPLIT: tl.constexpr, KC: tl.constexpr,
+):
+    """kb[b, hk, c, part * BD + d] = part `part` of the float32 mean of block c of k (zeros elsewhere)."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // HK).to(tl.int64)
+    hk = bh % HK
+    j = tl.arange(0, SP)
+    d = tl.arange(0, BD)
+    x = tl.load(k_ptr + b * sk_b + (c * S + j)[:, None].to(tl.int64) * sk_t + hk * sk_h + d[None, :],
+                mask=(j < S)[:, None] & (d < D)[None, :], other=0.0)
+    rest = tl.sum(x.to(tl.float32), 0) / S
+    out = kb_ptr + b * skb_b + hk * skb_h + c.to(tl.int64) * skb_n
+    for part in tl.static_range(KC // BD):
+        if part < NSPLIT:
+            piece = rest.to(kb_ptr.dtype.element_ty)
+            rest = rest - piece.to(tl.float32)
+        else:
+            piece = tl.zeros((BD,), kb_ptr.dtype.element_ty)
+        tl.store(out + part * BD + d, piece)
+
+
+def block_key_cat(k: torch.Tensor, block_size: int, nsplit: int, BD: int, KC: int) -> torch.Tensor:
+    """[B, HK, T // s, KC]: the `nsplit` parts of the block means side by side (zero padded)."""
+    B, T, HK, D = k.shape
+    nbf = T // block_size
+    kb = torch.empty(B, HK, nbf, KC, dtype=k.dtype, device=k.device)
+    if B * HK * nbf == 0:
+        return kb
+    if PROLOGUE == "triton":
+        _kcat_prologue_kernel[(nbf, B * HK)](
+            k, kb, nbf, HK, *k.stride()[:3], kb.stride(0), kb.stride(1), kb.stride(2),
+            S=block_size, SP=next_pow2(block_size), D=D, BD=BD, NSPLIT=nsplit, KC=KC, num_warps=1,
+        )
+    else:
+        parts = block_key_parts(k, block_size, nsplit)  # [B, HK, nsplit, nbf, D]
+        kb.zero_()
+        for i in range(nsplit):
+            kb[..., i * BD: i * BD + D] = parts[:, :, i]
+    return kb
+
+
 def block_key_parts(k: torch.Tensor, block_size: int, nsplit: int) -> torch.Tensor:
     """Means of the complete key blocks, split into `nsplit` parts of k's dtype.
 
@@ -186,6 +379,13 @@ def block_key_parts(k: torch.Tensor, block_size: int, nsplit: int) -> torch.Tens
 
 # Top-k maintenance: False = threshold insertion (default), True = bitonic sort-merge per tile.
 MERGE_BY_SORT = False
+# Kernel version: "v1" (measured on the H100 in run 2) or "v2" (concatenated key parts, prefetch,
+# block-uniform candidate masks; MERGE_BY_SORT does not apply). PREFETCH / UNIFORM / PROLOGUE switch
+# v2's parts separately; PROLOGUE "torch" builds v2's block keys with PyTorch ops instead.
+KERNEL = "v1"
+PREFETCH = True
+UNIFORM = True
+PROLOGUE = "triton"
 # Launch shape (benchmarks/sweep_select.py times the alternatives): rows (query x head) per program,
 # blocks per tile, warps. Module attributes so a sweep can change them without editing code.
 ROWS = 128
@@ -205,6 +405,8 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
     # fp16 has a narrow exponent range, so its low part may lose bits to subnormals; a third part
     # costs one more product and keeps it accurate.
     nsplit = 1 if ieee else (2 if q.dtype == torch.bfloat16 else 3)
+    if KERNEL == "v2":
+        return _select_v2(q, k, block_size, block_count, scale, nsplit, out)
     kb = block_key_parts(k, block_size, nsplit)
     KB = max(16, next_pow2(block_count))  # > N-1: one spare slot takes the current block
     GP0 = next_pow2(G)
@@ -224,6 +426,38 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
         scale * LOG2E,
         S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BN1,
         NSPLIT=nsplit, IEEE=ieee, MERGE_BY_SORT=MERGE_BY_SORT,
+        num_warps=NUM_WARPS, num_stages=2,
+    )
+    return out
+
+
+def _launch_shape(G: int, block_count: int, D: int):
+    KB = max(16, next_pow2(block_count))
+    GP0 = next_pow2(G)
+    BQ = max(1, min(ROWS // GP0, 2048 // KB))
+    GP = max(GP0, 16 // BQ)
+    BD = max(16, next_pow2(D))
+    return KB, BQ, GP, BD
+
+
+def _select_v2(q, k, block_size, block_count, scale, nsplit, out):
+    B, T, HQ, D = q.shape
+    HK = k.shape[2]
+    G = HQ // HK
+    KB, BQ, GP, BD = _launch_shape(G, block_count, D)
+    KC = next_pow2(nsplit * BD)
+    kb = block_key_cat(k, block_size, nsplit, BD, KC)
+    grid = (triton.cdiv(T, BQ), B * HK)
+    _select_kernel_v2[grid](
+        q, kb, out,
+        T, HK, kb.shape[2],
+        q.stride(0), q.stride(1), q.stride(2),
+        kb.stride(0), kb.stride(1), kb.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        scale * LOG2E,
+        S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BLOCK_TILE,
+        NSPLIT=nsplit, KC=KC, IEEE=q.dtype == torch.float32,
+        PREFETCH=PREFETCH, UNIFORM=UNIFORM and block_size % BQ == 0,
         num_warps=NUM_WARPS, num_stages=2,
     )
     return out
