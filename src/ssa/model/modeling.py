@@ -115,8 +115,8 @@ class GatedAttention(nn.Module):
     def _attend_cached(self, q, k, v, gates, plan, cache: SSACache, step: CacheStep):
         """Prefill runs the plan's mode over the new tokens; later tokens decode one at a time."""
         T = step.columns
+        layer = cache.write(self.layer_idx, k, v, step)
         if step.prefill:
-            layer = cache.write(self.layer_idx, k, v, step)
             if not step.padded:
                 return self._attend(q, k, v, gates, plan)[0]
             out = torch.zeros_like(q)  # padding columns: zeros, never attended to
@@ -124,7 +124,6 @@ class GatedAttention(nn.Module):
                 rows = (slice(b, b + 1), slice(T - c, None))
                 out[rows] = self._attend(q[rows], k[rows], v[rows], gates[rows], plan)[0]
             return out
-        layer = cache.write(self.layer_idx, k, v, step)
         max_start = max(step.start)
         # Column j sees the keys up to its own: every earlier column is already in the cache.
         outs = [
