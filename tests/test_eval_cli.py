@@ -33,6 +33,19 @@ def test_eval_all_sections_write_json(tiny_runs, tmp_path, capsys):  # noqa: F81
     assert set(att) == {"full", "sparse"} and len(att["full"]["layers"]) == 2
 
 
+def test_extrapolation_on_held_out_stream_with_tag(tiny_runs, tmp_path):  # noqa: F811
+    run = tiny_runs["moba"]
+    assert main(["eval", str(run), "--extrapolation", "--long-data", "val", "--tag", "val", "--lengths", "1,2",
+                 "--doc-tokens", "200", "--limit", "2", "--rope", "none", "--no-progress"]) == 0
+    doc = json.loads((run / "eval" / "extrapolation-val.json").read_text())
+    assert doc["tag"] == "val" and doc["settings"]["documents"] == 2 and doc["settings"]["data"] == "val"
+    assert {r["tokens"] for r in doc["results"]} == {2 * 199}
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert "data: `val`" in (tmp_path / "rep" / "report.md").read_text()
+    assert (tmp_path / "rep" / "ppl_vs_length-val.png").is_file()
+    assert main(["eval", str(run), "--tag", "a-b", "--no-progress"]) == 2
+
+
 def test_nsa_runs_sparse_only_and_bad_arguments(tiny_runs, capsys):  # noqa: F811
     assert main(["eval", str(tiny_runs["nsa"]), "--limit", "1", "--no-progress", "--block-counts", "2"]) == 0
     ppl = json.loads((tiny_runs["nsa"] / "eval" / "perplexity.json").read_text())["results"]

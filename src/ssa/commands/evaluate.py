@@ -71,6 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     g.add_argument("--out-dir", default=None, help="where <kind>.json go (default RUN_DIR/eval)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--tag", default=None,
+                   help="write <kind>-<TAG>.json instead of <kind>.json (e.g. a second data set); the report shows both")
 
     g = p.add_argument_group("perplexity / attention")
     g.add_argument("--data", default="val", help="'val' (the run's held-out split) or a .txt/.jsonl/.jsonl.gz file")
@@ -80,7 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sparse budgets for the sweep (default: powers of two with receptive field 64..min(4096, seq-len))")
 
     g = p.add_argument_group("extrapolation")
-    g.add_argument("--long-data", default=None, help="long documents (default: gutenberg/test.jsonl.gz of the shared data)")
+    g.add_argument("--long-data", default=None,
+                   help="long documents: a .txt/.jsonl/.jsonl.gz file, or 'val' (the run's held-out stream cut into "
+                        "--doc-tokens pieces); default: gutenberg/test.jsonl.gz of the shared data")
     g.add_argument("--lengths", type=_floats("--lengths", lo=0.01), default=[1, 2, 4, 8],
                    help="evaluation lengths as multiples of the training length (default 1,2,4,8)")
     g.add_argument("--rope", type=_words("--rope", ("none", "llama3")), default=["none", "llama3"],
@@ -117,6 +121,11 @@ def _check_args(args) -> None:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if args.tag is not None:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9_]+", args.tag):
+            raise ValueError(f"--tag must be letters, digits or underscores, got {args.tag!r}")
     if args.num_fewshot < 0:
         raise ValueError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
     if args.num_distractors < 1:
@@ -144,7 +153,8 @@ def run(args) -> int:
     for section in sections:
         fn = globals()[f"_eval_{section}"]
         settings, payload, text = fn(loaded, args, modes, progress)
-        path = write_result(out_dir / f"{section}.json", section, meta, settings, payload)
+        stem = f"{section}-{args.tag}" if args.tag else section
+        path = write_result(out_dir / f"{stem}.json", section, meta, settings, payload, tag=args.tag)
         print(f"\n== {section} ==\n{text}\n-> {path}")
         sys.stdout.flush()
     return 0
@@ -219,6 +229,17 @@ def _long_documents(loaded, args, min_tokens, max_tokens):
                                     "(default gutenberg/test.jsonl.gz of the shared data folder, not found)")
         path = root / "gutenberg" / "test.jsonl.gz"
     limit = args.limit if args.limit is not None else (2 if loaded.device.type == "cpu" else None)
+    if path == "val":
+        import torch
+
+        from ssa.evaluation.text import held_out_documents, token_stream
+
+        need = None if limit is None else limit * max_tokens
+        stream = token_stream(held_out_documents(loaded.train_config, "val", args.text_field), loaded.tokenizer, need)
+        n = stream.numel() // max_tokens if limit is None else min(limit, stream.numel() // max_tokens)
+        if n == 0:
+            raise ValueError(f"--long-data val: the held-out stream has {stream.numel()} tokens, fewer than --doc-tokens {max_tokens}")
+        return list(torch.split(stream[: n * max_tokens], max_tokens)), "val", limit
     docs = document_tokens(read_documents(path, args.text_field), loaded.tokenizer, min_tokens, max_tokens, limit)
     if not docs:
         raise ValueError(f"--long-data {path}: no document has {min_tokens} tokens")

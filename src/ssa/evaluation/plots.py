@@ -50,8 +50,8 @@ def budget_curve(runs, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def ppl_vs_length(runs, path: Path) -> Path | None:
-    data = [(r, r["results"]["extrapolation"]) for r in runs if r["results"].get("extrapolation")]
+def ppl_vs_length(runs, path: Path, key: str = "extrapolation") -> Path | None:
+    data = [(r, r["results"][key]) for r in runs if r["results"].get(key)]
     if not data:
         return None
     ropes = [r for r in ("none", "llama3") if any(x["rope"] == r for _, d in data for x in d["results"])]
@@ -75,7 +75,9 @@ def ppl_vs_length(runs, path: Path) -> Path | None:
         if ppls and max(ppls) / min(ppls) > 3:
             ax.set_yscale("log")
         ax.set_xlabel("evaluation length (tokens); dotted: training length")
-        ax.set_title(f"RoPE: {'as trained' if rope == 'none' else 'llama3 scaling, factor L/train_len'}")
+        src = Path(str(data[0][1]["settings"].get("data", ""))).name
+        ax.set_title(f"{src}: RoPE {'as trained' if rope == 'none' else 'llama3-scaled (factor L/train_len)'}",
+                     fontsize=10)
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("perplexity")
     axes[0][-1].legend(fontsize=7, ncol=2)
@@ -226,4 +228,11 @@ def write_all(runs, out_dir: Path) -> list[Path]:
         p = fn(runs, out_dir / name)
         if p is not None:
             written.append(p)
+    from .report import extrapolation_keys
+
+    for key in extrapolation_keys(runs):
+        if key != "extrapolation":
+            p = ppl_vs_length(runs, out_dir / f"ppl_vs_length-{key.split(':', 1)[1]}.png", key)
+            if p is not None:
+                written.append(p)
     return written

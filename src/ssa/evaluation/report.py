@@ -243,21 +243,26 @@ def _attention_section(runs):
                    "sink block", "sink token", "sparsity by layer"], rows, markdown=True), ""]
 
 
+def extrapolation_keys(runs) -> list[str]:
+    """Result keys of extrapolation documents: the untagged one first, then tagged ones."""
+    keys = {k for r in runs for k in r["results"] if k == "extrapolation" or k.startswith("extrapolation:")}
+    return sorted(keys, key=lambda k: (k != "extrapolation", k))
+
+
 def _extrapolation_section(runs):
-    mults = sorted({x["multiple"] for r in runs if r["results"].get("extrapolation")
-                    for x in r["results"]["extrapolation"]["results"]})
-    rows = []
-    for r in runs:
-        doc = r["results"].get("extrapolation")
-        if not doc:
-            continue
-        combos = sorted({(x["rope"], x["mode"]) for x in doc["results"]})
-        for rope, mode in combos:
-            rows.append([r["name"], rope, mode] + [extrapolation_at(r, rope, mode, m) for m in mults])
-    if not rows:
-        return []
-    return ["## Length extrapolation: perplexity by evaluation length (x training length)", "",
-            table(["run", "rope", "mode"] + [f"{m:g}x" for m in mults], rows, markdown=True), ""]
+    out = []
+    for key in extrapolation_keys(runs):
+        docs = [(r, r["results"][key]) for r in runs if key in r["results"]]
+        mults = sorted({x["multiple"] for _, d in docs for x in d["results"]})
+        rows = []
+        for r, doc in docs:
+            view = {**r, "results": {"extrapolation": doc}}
+            for rope, mode in sorted({(x["rope"], x["mode"]) for x in doc["results"]}):
+                rows.append([r["name"], rope, mode] + [extrapolation_at(view, rope, mode, m) for m in mults])
+        data = docs[0][1]["settings"].get("data")
+        out += [f"## Length extrapolation: perplexity by evaluation length (x training length), data: `{data}`", "",
+                table(["run", "rope", "mode"] + [f"{m:g}x" for m in mults], rows, markdown=True), ""]
+    return out
 
 
 def _retrieval_section(runs):

@@ -12,11 +12,11 @@ from pathlib import Path
 KINDS = ("perplexity", "attention", "extrapolation", "retrieval", "commonsense")
 
 
-def write_result(path: Path, kind: str, meta: dict, settings: dict, payload: dict) -> Path:
-    """Write {"kind", "meta", "settings", "created", **payload} atomically; returns the path."""
+def write_result(path: Path, kind: str, meta: dict, settings: dict, payload: dict, tag: str | None = None) -> Path:
+    """Write {"kind", "tag", "meta", "settings", "created", **payload} atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    doc = {"kind": kind, "tag": tag, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "meta": meta, "settings": settings, **payload}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -37,7 +37,8 @@ def _clean(x):
 
 
 def read_results(run_dir: Path) -> dict[str, dict]:
-    """{kind: document} for every RUN_DIR/eval/*.json (the newest of a kind wins)."""
+    """{key: document} for RUN_DIR/eval/*.json: key = kind for `<kind>.json`, `kind:tag` for
+    `<kind>-<tag>.json` (written with `ssa eval --tag`). The newest file of a key wins."""
     out: dict[str, dict] = {}
     d = Path(run_dir) / "eval"
     if not d.is_dir():
@@ -48,7 +49,8 @@ def read_results(run_dir: Path) -> dict[str, dict]:
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"evaluation result {p} is not valid JSON: {err}") from None
         if isinstance(doc, dict) and doc.get("kind") in KINDS:
-            out[doc["kind"]] = doc
+            tag = doc.get("tag")
+            out[f"{doc['kind']}:{tag}" if tag else doc["kind"]] = doc
     return out
 
 
