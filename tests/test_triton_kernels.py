@@ -386,14 +386,15 @@ def test_bench_command_needs_a_gpu(capsys):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefetch,uniform,prologue", [(True, True, "triton"), (False, False, "torch")])
-def test_select_v2_matches_reference(monkeypatch, prefetch, uniform, prologue):
+@pytest.mark.parametrize("prefetch,uniform,prologue,group_mma", [
+    (False, True, "triton", 2), (True, False, "torch", 0), (True, True, "triton", 1)])
+def test_select_v2_matches_reference(monkeypatch, prefetch, uniform, prologue, group_mma):
     # Small launch shape so that a program sees several full tiles and a masked tail: 4 queries per
     # program (block-uniform at s=4), 16-block tiles over 50 blocks.
     from ssa.ops.triton import _select
 
     for name, value in dict(KERNEL="v2", PREFETCH=prefetch, UNIFORM=uniform, PROLOGUE=prologue,
-                            ROWS=16, BLOCK_TILE=16).items():
+                            GROUP_MMA=group_mma, ROWS=16, BLOCK_TILE=16).items():
         monkeypatch.setattr(_select, name, value)
     for B, T, HQ, HK, D, s, n, dtype in [(1, 200, 8, 2, 32, 4, 7, torch.float32),
                                          (2, 150, 4, 1, 64, 4, 5, torch.bfloat16),

@@ -53,8 +53,10 @@ def add_arguments(parser) -> None:
                         "both streams run every step)")
     t.add_argument("--json", default=None)
     t.add_argument("--select-config", default=None, help="as for `ssa bench attention`")
-    t.add_argument("--index-build", choices=("torch", "triton"), default=None,
+    t.add_argument("--index-build", choices=("torch", "triton", "fused"), default=None,
                    help="how the backward builds its inverted index (default: the library's)")
+    t.add_argument("--select-kernel", choices=("v1", "v2"), default=None,
+                   help="selection kernel version (default: the library's)")
 
 
 def run(args) -> int:
@@ -255,6 +257,10 @@ def bench_train_step(args) -> dict:
         from ..ops.triton import _attention
 
         _attention.INDEX_BUILD = args.index_build
+    if getattr(args, "select_kernel", None):
+        from ..ops.triton import _select
+
+        _select.KERNEL = args.select_kernel
     shape = dict(load_preset(args.preset)["model"])
     shape.pop("_comment", None)
     if args.layers is not None:

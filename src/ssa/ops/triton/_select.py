@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, mma, next_pow2
+from ._common import INTERPRET, LOG2E, mma, next_pow2
 
 # Block b is stored as b ^ _LOW_MAX == _LOW_MAX - b in the low word of a key (lower block, larger key).
 _LOW_MAX = tl.constexpr(2**31 - 1)
@@ -215,7 +215,7 @@ def _select_kernel_v2(
     S: tl.constexpr, N: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
     D: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, BN1: tl.constexpr,
     NSPLIT: tl.constexpr, KC: tl.constexpr, IEEE: tl.constexpr,
-    PREFETCH: tl.constexpr, UNIFORM: tl.constexpr,
+    PREFETCH: tl.constexpr, UNIFORM: tl.constexpr, GROUP_MMA: tl.constexpr, MQ: tl.constexpr,
 ):
     pid_q = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
@@ -252,9 +252,10 @@ def _select_kernel_v2(
             kt_next = _kcat_tile(kb_base, c0 + BN1, NBF, skb_n, BN1, KC)
         else:
             kt = _kcat_tile(kb_base, c0, NBF, skb_n, BN1, KC)
-        x = mma(q, tl.trans(kt), tl.zeros((R, BN1), tl.float32), IEEE) * scale2
-        m_new = tl.maximum(m, tl.max(x, 1))
-        l = l * tl.exp2(m - m_new) + tl.sum(tl.exp2(x - m_new[:, None]), 1)
+        # Raw logits: the scale is folded into the exp argument (one FMA; max commutes with it).
+        x = mma(q, tl.trans(kt), tl.zeros((R, BN1), tl.float32), IEEE)
+        m_new = tl.maximum(m, tl.max(x, 1) * scale2)
+        l = l * tl.exp2(m - m_new) + tl.sum(tl.exp2(x * scale2 - m_new[:, None]), 1)
         m = m_new
         if PREFETCH:
             kt = kt_next
@@ -270,11 +271,16 @@ def _select_kernel_v2(
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     inv_l = tl.where((l > 0) & row_ok, 1.0 / l, 0.0)  # padded heads and rows past T score nothing
 
-    # Pass 2: threshold insertion into an unsorted top-(N-1) buffer (as version 1).
-    t_q = pid_q * BQ + tl.arange(0, BQ)
+    # Pass 2: threshold insertion into an unsorted top-(N-1) buffer (as version 1). With GROUP_MMA the
+    # group sum is a product with a 0/1 matrix [MQ, R] (MQ = max(16, BQ) rows, those >= BQ empty):
+    # the scores then come out spread over the threads in the MMA layout instead of replicated
+    # across the lanes that held the group, so the int64 key work per thread is several times smaller.
+    qi = tl.arange(0, MQ)
+    q_ok = qi < BQ
+    t_q = pid_q * BQ + qi
     cur_q = t_q // S
     slot = tl.arange(0, KB)[None, :]
-    buf = tl.where(slot < N - 1, -1 - slot.to(tl.int64), _PAD) + tl.zeros((BQ, KB), tl.int64)
+    buf = tl.where(slot < N - 1, -1 - slot.to(tl.int64), _PAD) + tl.zeros((MQ, KB), tl.int64)
     kth = tl.min(buf, 1)
     kt = _kcat_tile(kb_base, 0, NBF, skb_n, BN1, KC)
     for c0 in range(0, c_full, BN1):
@@ -282,11 +288,13 @@ def _select_kernel_v2(
             kt_next = _kcat_tile(kb_base, c0 + BN1, NBF, skb_n, BN1, KC)
         else:
             kt = _kcat_tile(kb_base, c0, NBF, skb_n, BN1, KC)
-        x = mma(q, tl.trans(kt), tl.zeros((R, BN1), tl.float32), IEEE) * scale2
-        p = tl.exp2(x - m_safe[:, None]) * inv_l[:, None]
-        score = tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1)
+        x = mma(q, tl.trans(kt), tl.zeros((R, BN1), tl.float32), IEEE)
+        p = tl.exp2(x * scale2 - m_safe[:, None]) * inv_l[:, None]
+        score = _group_sum(p, BQ, GP, BN1, R, MQ, GROUP_MMA, IEEE)
         blk = c0 + tl.arange(0, BN1)
         key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
+        if MQ > BQ:
+            key = tl.where(q_ok[:, None], key, _NEG)
         buf, kth = _insert_keys(buf, kth, key)
         if PREFETCH:
             kt = kt_next
@@ -296,9 +304,9 @@ def _select_kernel_v2(
         blk = c0 + tl.arange(0, BN1)
         cand = (blk[None, :] < cur_row[:, None]) & row_ok[:, None]
         p = tl.where(cand, tl.exp2(x - m_safe[:, None]) * inv_l[:, None], 0.0)
-        score = tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1)
+        score = _group_sum(p, BQ, GP, BN1, R, MQ, GROUP_MMA, IEEE)
         key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
-        key = tl.where(blk[None, :] < cur_q[:, None], key, _NEG)
+        key = tl.where((blk[None, :] < cur_q[:, None]) & q_ok[:, None], key, _NEG)
         buf, kth = _insert_keys(buf, kth, key)
 
     best = ((buf & _LOW_MAX) ^ _LOW_MAX).to(tl.int32)
@@ -309,8 +317,36 @@ def _select_kernel_v2(
     sel = tl.where(sel == BIG, -1, sel)
     tl.store(
         out_ptr + b * so_b + t_q[:, None] * so_t + hk * so_h + slot,
-        sel, mask=(t_q < T)[:, None] & (slot < N),
+        sel, mask=((t_q < T) & q_ok)[:, None] & (slot < N),
     )
+
+
+@triton.jit
+def _group_sum(p, BQ: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, R: tl.constexpr, MQ: tl.constexpr,
+               GROUP_MMA: tl.constexpr, IEEE: tl.constexpr):
+    """[MQ, BN] sums of p [R = BQ * GP, BN] over each query's GP rows (rows >= BQ are zero)."""
+    if GROUP_MMA == 1 or (GROUP_MMA > 0 and IEEE):
+        gm = ((tl.arange(0, R) // GP)[None, :] == tl.arange(0, MQ)[:, None]).to(tl.float32)
+        if INTERPRET:
+            return tl.dot(gm, p)
+        elif IEEE:
+            return tl.dot(gm, p, input_precision="ieee")
+        else:
+            # p to ~2^-21 relative in three tf32 products (the 0/1 matrix is exact in tf32).
+            return tl.dot(gm, p, input_precision="tf32x3")
+    elif GROUP_MMA == 2:
+        # p split into three bf16 parts (24 significant bits, p's full precision); three bf16
+        # products with float32 accumulation, exact up to the order of the additions.
+        gm = ((tl.arange(0, R) // GP)[None, :] == tl.arange(0, MQ)[:, None]).to(tl.float32).to(tl.bfloat16)
+        hi = p.to(tl.bfloat16)
+        rest = p - hi.to(tl.float32)
+        mid = rest.to(tl.bfloat16)
+        lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
+        acc = mma(gm, hi, tl.zeros((MQ, BN), tl.float32), False)
+        acc = mma(gm, mid, acc, False)
+        return mma(gm, lo, acc, False)
+    else:
+        return tl.sum(tl.reshape(p, (BQ, GP, BN)), 1)
 
 
 @triton.jit
@@ -383,9 +419,10 @@ MERGE_BY_SORT = False
 # block-uniform candidate masks; MERGE_BY_SORT does not apply). PREFETCH / UNIFORM / PROLOGUE switch
 # v2's parts separately; PROLOGUE "torch" builds v2's block keys with PyTorch ops instead.
 KERNEL = "v1"
-PREFETCH = True
+PREFETCH = False
 UNIFORM = True
 PROLOGUE = "triton"
+GROUP_MMA = 0  # group sum: 0 reshape + sum, 1 product with a 0/1 matrix in tf32x3, 2 the same in 3 bf16 parts
 # Launch shape (benchmarks/sweep_select.py times the alternatives): rows (query x head) per program,
 # blocks per tile, warps. Module attributes so a sweep can change them without editing code.
 ROWS = 128
@@ -458,6 +495,7 @@ def _select_v2(q, k, block_size, block_count, scale, nsplit, out):
         S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BLOCK_TILE,
         NSPLIT=nsplit, KC=KC, IEEE=q.dtype == torch.float32,
         PREFETCH=PREFETCH, UNIFORM=UNIFORM and block_size % BQ == 0,
+        GROUP_MMA=int(GROUP_MMA), MQ=max(16, BQ) if GROUP_MMA else BQ,
         num_warps=NUM_WARPS, num_stages=2,
     )
     return out
