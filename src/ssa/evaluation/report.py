@@ -78,7 +78,7 @@ def attention_overall(run: dict, mode: str, key: str):
 
 
 def extrapolation_at(run: dict, rope: str, mode: str, multiple=None, key: str = "ppl"):
-    doc = run["results"].get("extrapolation")
+    doc = run["results"].get("extrapolation")  # may be None (no such data set for this run)
     if not doc:
         return None
     rows = [r for r in doc["results"] if r["rope"] == rope and r["mode"] == mode]
@@ -128,10 +128,17 @@ def markdown(runs: list[dict], figures: list[str] | None = None) -> str:
     parts.append("")
     parts.append("## Summary")
     parts.append("")
-    headers = ["run", "method", "budget", "ppl sparse / full", "gap", "bpb sparse / full", "sparsity sparse / full",
-               "entropy bits sparse / full", "KL final", "extrap ppl (max x, none) sparse / full",
-               "extrap ppl (max x, llama3) sparse / full", "retrieval rank@1 sparse / full", "passkey exact sparse / full",
-               "commonsense acc_norm sparse / full"]
+    ext_keys = extrapolation_keys(runs)
+    ext_headers = []
+    for key in ext_keys:
+        doc = next(r["results"][key] for r in runs if key in r["results"])
+        label = Path(str(doc["settings"].get("data", key))).name
+        top = max(x["multiple"] for x in doc["results"])
+        ext_headers += [f"{label} ppl at {top:g}x, RoPE as trained: sparse / full",
+                        f"{label} ppl at {top:g}x, llama3 RoPE: sparse / full"]
+    headers = (["run", "method", "budget", "ppl sparse / full", "gap", "bpb sparse / full", "sparsity sparse / full",
+                "entropy bits sparse / full", "KL final"] + ext_headers
+               + ["retrieval rank@1 sparse / full", "passkey exact sparse / full", "commonsense acc_norm sparse / full"])
     rows = []
     for r in runs:
         n = default_budget(r)
@@ -144,8 +151,11 @@ def markdown(runs: list[dict], figures: list[str] | None = None) -> str:
             _pair(attention_overall(r, "sparse", "sparsity"), attention_overall(r, "full", "sparsity")),
             _pair(attention_overall(r, "sparse", "entropy_bits"), attention_overall(r, "full", "entropy_bits")),
             attention_overall(r, "sparse", "kl_final_layer") or attention_overall(r, "full", "kl_final_layer"),
-            _pair(extrapolation_at(r, "none", "sparse"), extrapolation_at(r, "none", "full")),
-            _pair(extrapolation_at(r, "llama3", "sparse"), extrapolation_at(r, "llama3", "full")),
+        ] + [
+            _pair(extrapolation_at(view, rope, "sparse"), extrapolation_at(view, rope, "full"))
+            for view in ({**r, "results": {"extrapolation": r["results"].get(key)}} for key in ext_keys)
+            for rope in ("none", "llama3")
+        ] + [
             _pair(retrieval_mean(r, "sparse", "rank_accuracy"), retrieval_mean(r, "full", "rank_accuracy")),
             _pair(retrieval_mean(r, "sparse", "exact_match"), retrieval_mean(r, "full", "exact_match")),
             _pair(commonsense_avg(r, "sparse"), commonsense_avg(r, "full")),
