@@ -73,7 +73,12 @@ def ppl_vs_length(runs, path: Path, key: str = "extrapolation") -> Path | None:
         ax.minorticks_off()
         ppls = [x["ppl"] for _, d in data for x in d["results"] if x.get("ppl")]
         if ppls and max(ppls) / min(ppls) > 3:
+            from matplotlib.ticker import FormatStrFormatter
+
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+            ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_xlabel("evaluation length (tokens); dotted: training length")
         src = Path(str(data[0][1]["settings"].get("data", ""))).name
         ax.set_title(f"{src}: RoPE {'as trained' if rope == 'none' else 'llama3-scaled (factor L/train_len)'}",
