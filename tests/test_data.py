@@ -65,10 +65,12 @@ def test_bad_tokenizer_spec(spec):
 # ---------------------------------------------------------------------------------------------
 # synthetic-recall
 # ---------------------------------------------------------------------------------------------
-def test_synthetic_recall_statements_are_queried_far_back():
-    spec = RecallSpec()
+@pytest.mark.parametrize("keys", ["words", "letters"])
+def test_synthetic_recall_statements_are_queried_far_back(keys):
+    spec = RecallSpec(keys=keys)
     assert spec.min_gap > 16 * 4  # beyond the tiny preset's 64-token sparse window
     docs = list(recall_documents(1, 60_000, spec))
+    assert all(re.fullmatch(r"[A-Z]", k) for d in docs for k in re.findall(r"code for (\w+)", d)) == (keys == "letters")
     n_queries = 0
     event = re.compile(r"(?<!Again, )The code for (\w+) is (\d+)\. |Again, the code for (\w+) is (\d+)\.")
     for doc in docs:
@@ -173,6 +175,8 @@ def test_bad_sources_give_one_clear_error(tmp_path):
         D.DataSpec.from_dict({"sorce": "x"})
     with pytest.raises(ValueError, match="data.synthetic"):
         D.DataSpec.from_dict({"synthetic": {"min_gap": 500, "max_gap": 100}})
+    with pytest.raises(ValueError, match="data.synthetic.keys"):
+        D.DataSpec.from_dict({"synthetic": {"keys": "numbers"}})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,10 @@ KEYS = (
     "thimble umbrella vessel wizard yacht zebra anchor bamboo cobalt dolphin eagle fossil ginger "
     "helmet iguana jungle koala lemon mango nickel olive panda quiver ribbon salmon tulip"
 ).split()
+# Single-letter keys: the key is always the 4th byte before the value, so recall becomes a
+# fixed-offset match that a small byte-level model learns much sooner than matching whole words.
+LETTER_KEYS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+KEY_SETS = {"words": tuple(KEYS), "letters": LETTER_KEYS}
 
 _SUBJECTS = "the farmer|a child|the old sailor|my neighbor|the baker|a tired student|the captain|our teacher|the small dog|a stranger".split("|")
 _VERBS = "carried|painted|found|watched|cleaned|forgot|sold|borrowed|admired|repaired|followed|described".split("|")
@@ -49,8 +53,13 @@ class RecallSpec:
     value_digits: int = 6
     max_pending: int = 6
     filler_percent: int = 15  # share of free choices that emit filler rather than a statement/query
+    keys: str = "words"  # "words" (KEYS) or "letters" (LETTER_KEYS)
 
     def validate(self) -> None:
+        if self.keys not in KEY_SETS:
+            raise ValueError(f"data.synthetic.keys must be one of {tuple(KEY_SETS)}, got {self.keys!r}")
+        if self.max_pending >= len(KEY_SETS[self.keys]):
+            raise ValueError(f"data.synthetic.max_pending must be < {len(KEY_SETS[self.keys])} for keys={self.keys!r}")
         if not isinstance(self.filler_percent, int) or not 0 <= self.filler_percent <= 100:
             raise ValueError(f"data.synthetic.filler_percent must be an integer in [0, 100], got {self.filler_percent!r}")
         for name in ("doc_min", "doc_max", "min_gap", "max_gap", "value_digits", "max_pending"):
@@ -94,7 +103,7 @@ def recall_document(rng: random.Random, spec: RecallSpec) -> str:
             s = f"Again, the code for {key} is {value}. "
         elif pos < target and len(pending) < spec.max_pending and r < fact:
             used = {p[0] for p in pending}
-            key = rng.choice([k for k in KEYS if k not in used])
+            key = rng.choice([k for k in KEY_SETS[spec.keys] if k not in used])
             value = _value(rng, spec.value_digits)
             s = f"The code for {key} is {value}. "
             pending.append((key, value, pos + len(s)))
@@ -124,7 +133,7 @@ def recall_probe(seed: int, distance: int, spec: RecallSpec | None = None) -> tu
     """
     spec = spec or RecallSpec()
     rng = random.Random(seed)
-    key = rng.choice(KEYS)
+    key = rng.choice(KEY_SETS[spec.keys])
     value = _value(rng, spec.value_digits)
     filler = ""
     while len(filler) < distance:
