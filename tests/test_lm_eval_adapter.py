@@ -106,3 +106,20 @@ def test_registry_and_bad_args(tiny_runs):  # noqa: F811
         adapter.SSALM(device="cpu")
     with pytest.raises(ValueError, match="nsa"):
         adapter.SSALM(pretrained=str(tiny_runs["nsa"]), attention_mode="full", device="cpu")
+
+
+def test_plain_lm_eval_cli_registry_finds_ssa_without_importing_ssa():
+    # The installed .pth hook must make lm_eval's own registry resolve "ssa" in a fresh interpreter
+    # that never imports ssa itself, while the built-in models still load.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from lm_eval.api.registry import get_model\n"
+        "assert 'ssa' not in sys.modules\n"
+        "print(get_model('ssa').__name__, get_model('dummy').__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["SSALM", "DummyLM"]
