@@ -19,15 +19,22 @@ from ssa.ops import block_sparse_attention, select_blocks
 from ssa.ops.triton import _attention, _select
 
 OLD = dict(KERNEL="v1")
-NEW = dict(KERNEL="v2", PREFETCH=True, UNIFORM=True, PROLOGUE="triton")
+NEW = dict(KERNEL="v2", PREFETCH=False, UNIFORM=True, PROLOGUE="triton", GROUP_MMA=0)
 SELECT_VARIANTS = {
     "v1": OLD,
     "v2": NEW,
-    "v2_noprefetch": dict(NEW, PREFETCH=False),
+    "v2_g1": dict(NEW, GROUP_MMA=1),
+    "v2_g2": dict(NEW, GROUP_MMA=2),
+    "v2_g2_w8": dict(NEW, GROUP_MMA=2, NUM_WARPS=8),
+    "v2_bn32": dict(NEW, BLOCK_TILE=32),
+    "v2_g2_bn32": dict(NEW, GROUP_MMA=2, BLOCK_TILE=32),
+    "v2_prefetch": dict(NEW, PREFETCH=True),
     "v2_nouniform": dict(NEW, UNIFORM=False),
-    "v2_torchprologue": dict(NEW, PROLOGUE="torch"),
 }
-DEFAULTS = {name: getattr(_select, name) for name in ("KERNEL", "PREFETCH", "UNIFORM", "PROLOGUE")}
+FWD_VARIANTS = ("v1", "v2", "v2_g2")  # also timed as selection + attention
+DEFAULTS = {name: getattr(_select, name)
+            for name in ("KERNEL", "PREFETCH", "UNIFORM", "PROLOGUE", "GROUP_MMA", "NUM_WARPS", "BLOCK_TILE")}
+DEVICE = "cuda"
 
 
 def use(settings):
@@ -36,6 +43,10 @@ def use(settings):
 
 
 def ms(fn, rep=100, grad_to_none=None):
+    if DEVICE == "cpu":  # --dry: check the script's logic under the interpreter
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
     return float(do_bench(fn, warmup=10, rep=rep, grad_to_none=grad_to_none, return_mode="median"))
 
 
@@ -43,16 +54,16 @@ def sdpa(q, k, v, scale):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION] if DEVICE == "cuda" else [SDPBackend.MATH]):
         return torch.nn.functional.scaled_dot_product_attention(
             qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True).transpose(1, 2)
 
 
 def inputs(T, D=64):
-    g = torch.Generator(device="cuda").manual_seed(T)
-    q = torch.randn(1, T, 16, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    k = torch.randn(1, T, 1, D, device="cuda", dtype=torch.bfloat16, generator=g)
-    v = torch.randn(1, T, 1, D, device="cuda", dtype=torch.bfloat16, generator=g)
+    g = torch.Generator(device=DEVICE).manual_seed(T)
+    q = torch.randn(1, T, 16, D, device=DEVICE, dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, T, 1, D, device=DEVICE, dtype=torch.bfloat16, generator=g)
+    v = torch.randn(1, T, 1, D, device=DEVICE, dtype=torch.bfloat16, generator=g)
     return q, k, v
 
 
@@ -71,7 +82,7 @@ def forward_part(res, lens):
                     got = select_blocks(q, k, s, n, scale, backend="triton")
                     row[f"select_{name}_ms"] = ms(lambda: select_blocks(q, k, s, n, scale, backend="triton"))
                     row[f"select_{name}_rows_differ"] = int((got != ref).any(-1).sum())
-                    if name in ("v1", "v2"):
+                    if name in FWD_VARIANTS:
                         row[f"fwd_{name}_ms"] = ms(
                             lambda: block_sparse_attention(q, k, v, s, n, None, scale, backend="triton"))
                 except Exception as err:
@@ -142,9 +153,8 @@ def table(res):
     for r in res["forward"]:
         sel = " ".join(f"{k[7:-3]}={v:.3f}" for k, v in r.items() if k.startswith("select_") and k.endswith("_ms"))
         diff = " ".join(f"{k[7:-13]}:{v}" for k, v in r.items() if k.endswith("rows_differ") and v)
-        f1, f2 = r.get("fwd_v1_ms"), r.get("fwd_v2_ms")
-        fx = (f"fwd v1 {f1:.3f} ({r['sdpa_fwd_ms'] / f1:.2f}x) v2 {f2:.3f} ({r['sdpa_fwd_ms'] / f2:.2f}x)"
-              if f1 and f2 else "fwd: error")
+        fx = "fwd " + " ".join(f"{v}={r[f'fwd_{v}_ms']:.3f} ({r['sdpa_fwd_ms'] / r[f'fwd_{v}_ms']:.2f}x)"
+                               for v in FWD_VARIANTS if f"fwd_{v}_ms" in r)
         print(f"{r['T'] // 1024}k sdpa {r['sdpa_fwd_ms']:.3f} | {sel} | {fx} | differ {diff or 'none'}")
         errs = [k for k in r if k.endswith("_error")]
         if errs:
@@ -171,11 +181,18 @@ def main():
     p.add_argument("--bwd-lens", default="8192,65536")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--parts", default="forward,backward,train")
+    p.add_argument("--dry", action="store_true", help="CPU interpreter, tiny lengths, no train step")
     a = p.parse_args()
     from ssa.commands.bench import environment
 
-    res = {"env": environment(), "time": time.strftime("%Y-%m-%d %H:%M:%S"), "forward": [], "backward": [], "train": []}
-    print("#", res["env"], flush=True)
+    global DEVICE
+    if a.dry:
+        DEVICE = "cpu"
+        env = {"device": "cpu (dry run)"}
+    else:
+        env = environment()
+    res = {"env": env, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "forward": [], "backward": [], "train": []}
+    print("#", res["env"], {k: v for k, v in DEFAULTS.items()}, flush=True)
     parts = a.parts.split(",")
     try:
         if "forward" in parts:

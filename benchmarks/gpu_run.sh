@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session: native kernel tests, then the attention and train-step benchmarks.
 # Usage (repo root, on the GPU machine): OUT=/some/dir bash benchmarks/gpu_run.sh [tests|sweep|bench|all|ab]
-# ab: native tests (timeout 110 s), then benchmarks/ab.py (old vs new variants, one process, 160 s).
+# ab: native tests (timeout 105 s), then benchmarks/ab.py (old vs new variants, one process, 170 s).
 set -o pipefail
 OUT=${OUT:-/tmp/ssa_bench}
 mkdir -p "$OUT"
@@ -10,11 +10,11 @@ export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 what=${1:-all}
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" | tee "$OUT/env.txt"
 if [ "$what" = ab ]; then
-  timeout 110 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py > "$OUT/tests.txt" 2>&1
+  timeout 105 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py > "$OUT/tests.txt" 2>&1
   echo "tests rc=$?" >> "$OUT/tests.txt"
   grep -E "passed|failed|error|rc=" "$OUT/tests.txt" | tail -5
   grep -E "^(FAILED|ERROR)" "$OUT/tests.txt" | head -20
-  timeout 160 python3 benchmarks/ab.py "$OUT" 2>&1 | tee "$OUT/ab.txt" | grep -v "^{" 
+  timeout 170 python3 benchmarks/ab.py "$OUT" 2>&1 | tee "$OUT/ab.txt" | grep -v "^{" 
   echo "ab rc=$?"
   grep -E "passed|failed|rc=" "$OUT/tests.txt" | tail -2
   exit 0

@@ -396,9 +396,10 @@ def test_select_v2_matches_reference(monkeypatch, prefetch, uniform, prologue, g
     for name, value in dict(KERNEL="v2", PREFETCH=prefetch, UNIFORM=uniform, PROLOGUE=prologue,
                             GROUP_MMA=group_mma, ROWS=16, BLOCK_TILE=16).items():
         monkeypatch.setattr(_select, name, value)
-    for B, T, HQ, HK, D, s, n, dtype in [(1, 200, 8, 2, 32, 4, 7, torch.float32),
-                                         (2, 150, 4, 1, 64, 4, 5, torch.bfloat16),
-                                         (1, 131, 6, 2, 32, 8, 4, torch.float16)]:
+    cases = {0: [(1, 200, 8, 2, 32, 4, 7, torch.float32)],
+             1: [(2, 150, 4, 1, 64, 4, 5, torch.bfloat16)],
+             2: [(2, 150, 4, 1, 64, 4, 5, torch.bfloat16), (1, 131, 6, 2, 32, 8, 4, torch.float16)]}[group_mma]
+    for B, T, HQ, HK, D, s, n, dtype in cases:
         q, k, _ = _qkv(B, T, HQ, HK, D, dtype, seed=T)
         got = _select.select_blocks(q, k, s, n, D ** -0.5)
         G = HQ // HK
@@ -422,3 +423,18 @@ def test_fused_index_build_backward(monkeypatch, dtype):
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), got, want):
         _close(name, a, b, **tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="launch shape of the benchmark: too slow to interpret")
+@pytest.mark.parametrize("group_mma,block_tile,warps", [(0, 64, 4), (1, 64, 4), (2, 64, 4), (0, 32, 4)])
+def test_select_v2_benchmark_shape(monkeypatch, group_mma, block_tile, warps):
+    # G=16, s=16, n=16 at the default launch shape (8 queries x 16 heads per program, block-uniform):
+    # full tiles, the masked tail and the MMA group sums as compiled for the GPU.
+    from ssa.ops.triton import _select
+
+    for name, value in dict(KERNEL="v2", GROUP_MMA=group_mma, BLOCK_TILE=block_tile, NUM_WARPS=warps).items():
+        monkeypatch.setattr(_select, name, value)
+    q, k, _ = _qkv(1, 3000, 16, 1, 64, torch.bfloat16, seed=group_mma)
+    got = _select.select_blocks(q, k, 16, 16, 0.125)
+    mismatched = _check_selection(got, q, k, 16, 16, 0.125, 16 * 2e-5)
+    assert mismatched <= 30
