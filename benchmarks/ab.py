@@ -8,6 +8,7 @@ OUTDIR/ab.json and prints a short table last.
 
 import argparse
 import json
+import signal
 import sys
 import time
 from types import SimpleNamespace
@@ -20,16 +21,16 @@ from ssa.ops.triton import _attention, _select
 
 OLD = dict(KERNEL="v1")
 NEW = dict(KERNEL="v2", PREFETCH=False, UNIFORM=True, PROLOGUE="triton", GROUP_MMA=0)
-SELECT_VARIANTS = {
+SELECT_VARIANTS = {  # most important first (the run may be cut short)
     "v1": OLD,
     "v2": NEW,
-    "v2_g1": dict(NEW, GROUP_MMA=1),
     "v2_g2": dict(NEW, GROUP_MMA=2),
-    "v2_g2_w8": dict(NEW, GROUP_MMA=2, NUM_WARPS=8),
+    "v2_g1": dict(NEW, GROUP_MMA=1),
     "v2_bn32": dict(NEW, BLOCK_TILE=32),
     "v2_g2_bn32": dict(NEW, GROUP_MMA=2, BLOCK_TILE=32),
-    "v2_prefetch": dict(NEW, PREFETCH=True),
+    "v2_g2_w8": dict(NEW, GROUP_MMA=2, NUM_WARPS=8),
     "v2_nouniform": dict(NEW, UNIFORM=False),
+    "v2_prefetch": dict(NEW, PREFETCH=True),
 }
 FWD_VARIANTS = ("v1", "v2", "v2_g2")  # also timed as selection + attention
 DEFAULTS = {name: getattr(_select, name)
@@ -90,6 +91,8 @@ def forward_part(res, lens):
             use(OLD)
         res["forward"].append(row)
         print(json.dumps(row), flush=True)
+        print(f"  {T // 1024}k select ms: " + " ".join(
+            f"{k[7:-3]}={v:.3f}" for k, v in row.items() if k.startswith("select_") and k.endswith("_ms")), flush=True)
         del q, k, v
         torch.cuda.empty_cache()
 
@@ -180,7 +183,7 @@ def main():
     p.add_argument("--fwd-lens", default="32768,65536,131072")
     p.add_argument("--bwd-lens", default="8192,65536")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--parts", default="forward,backward,train")
+    p.add_argument("--parts", default="backward,train,forward", help="in this order")
     p.add_argument("--dry", action="store_true", help="CPU interpreter, tiny lengths, no train step")
     a = p.parse_args()
     from ssa.commands.bench import environment
@@ -194,13 +197,23 @@ def main():
     res = {"env": env, "time": time.strftime("%Y-%m-%d %H:%M:%S"), "forward": [], "backward": [], "train": []}
     print("#", res["env"], {k: v for k, v in DEFAULTS.items()}, flush=True)
     parts = a.parts.split(",")
+
+    def stop(signum, frame):  # `timeout` sends SIGTERM: still write what was measured
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
-        if "forward" in parts:
-            forward_part(res, [int(x) for x in a.fwd_lens.split(",")])
-        if "backward" in parts:
-            backward_part(res, [int(x) for x in a.bwd_lens.split(",")])
-        if "train" in parts:
-            train_part(res, a.steps)
+        for part in parts:
+            if part == "forward":
+                forward_part(res, [int(x) for x in a.fwd_lens.split(",")])
+            elif part == "backward":
+                backward_part(res, [int(x) for x in a.bwd_lens.split(",")])
+            elif part == "train":
+                train_part(res, a.steps)
+            with open(f"{a.out}/ab.json", "w") as f:
+                json.dump(res, f, indent=2)
+    except KeyboardInterrupt:
+        print("stopped early (time limit)", flush=True)
     finally:
         with open(f"{a.out}/ab.json", "w") as f:
             json.dump(res, f, indent=2)
