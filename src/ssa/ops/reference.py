@@ -106,10 +106,13 @@ def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float
     G = HQ // HK
     s = block_size
     dtype = _compute_dtype(q)
-    kb = pad_to_blocks(k.to(dtype), s).permute(0, 3, 1, 2, 4)  # [B, HK, nb, s, D]
-    vb = pad_to_blocks(v.to(dtype), s).permute(0, 3, 1, 2, 4)
-    batch = torch.arange(B, device=q.device)[:, None, None, None]
-    head = torch.arange(HK, device=q.device)[None, None, :, None]
+    # Blocks as rows of one table, [B * HK * nb, s * D]: index_select (backward: index_add) is several
+    # times faster on CPU than multi-dimensional advanced indexing (backward: index_put).
+    nb = num_blocks(T, s)
+    k_table = pad_to_blocks(k.to(dtype), s).permute(0, 3, 1, 2, 4).reshape(B * HK * nb, s * D)
+    v_table = pad_to_blocks(v.to(dtype), s).permute(0, 3, 1, 2, 4).reshape(B * HK * nb, s * D)
+    row_base = (torch.arange(B, device=q.device)[:, None, None, None] * HK
+                + torch.arange(HK, device=q.device)[None, None, :, None]) * nb
     offsets = torch.arange(s, device=q.device)
     outs, lses = [], []
     for t0 in range(0, T, QUERY_CHUNK):
@@ -117,8 +120,9 @@ def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float
         idx = block_indices[:, t0:t1].long()  # [B, C, HK, n]
         valid = idx >= 0
         idx = idx.clamp(min=0)
-        k_sel = kb[batch, head, idx]  # [B, C, HK, n, s, D]
-        v_sel = vb[batch, head, idx]
+        rows = (row_base + idx).flatten()
+        k_sel = k_table.index_select(0, rows).view(*idx.shape, s, D)  # [B, C, HK, n, s, D]
+        v_sel = v_table.index_select(0, rows).view(*idx.shape, s, D)
         pos = idx[..., None] * s + offsets  # [B, C, HK, n, s] absolute key position
         t = torch.arange(t0, t1, device=q.device)[None, :, None, None, None]
         visible = valid[..., None] & (pos <= t) & (pos < T)
