@@ -13,13 +13,11 @@ items / sqrt(n). Few-shot examples are drawn (seeded per item) from the other it
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import random
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ssa.textfiles import iter_jsonl
 
 from .loglikelihood import encode_pair, score_continuations
 
@@ -51,22 +49,14 @@ def task_path(task: str, tasks_dir=None) -> Path:
 
 
 def load_items(path: Path) -> list[dict]:
-    opener = gzip.open if str(path).endswith(".gz") else open
     items = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno} is not valid JSON ({err.msg})") from None
-            ok = (isinstance(rec, dict) and isinstance(rec.get("query"), str) and isinstance(rec.get("choices"), list)
-                  and len(rec["choices"]) >= 2 and all(isinstance(c, str) for c in rec["choices"])
-                  and isinstance(rec.get("gold"), int) and 0 <= rec["gold"] < len(rec["choices"]))
-            if not ok:
-                raise ValueError(f"{path}:{lineno} must be {{query: str, choices: [str, ...], gold: int index}}")
-            items.append(rec)
+    for lineno, rec in iter_jsonl(Path(path), label="task file"):
+        ok = (isinstance(rec.get("query"), str) and isinstance(rec.get("choices"), list)
+              and len(rec["choices"]) >= 2 and all(isinstance(c, str) for c in rec["choices"])
+              and isinstance(rec.get("gold"), int) and 0 <= rec["gold"] < len(rec["choices"]))
+        if not ok:
+            raise ValueError(f"task file {path}:{lineno} must be {{query: str, choices: [str, ...], gold: int index}}")
+        items.append(rec)
     if not items:
         raise ValueError(f"{path} holds no items")
     return items

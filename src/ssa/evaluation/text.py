@@ -9,14 +9,13 @@ byte, so bits per byte = nats per token / ln 2.
 
 from __future__ import annotations
 
-import gzip
-import json
-import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
+
+from ssa.textfiles import iter_file_documents
 
 
 def gpt2_byte_symbols() -> dict[str, int]:
@@ -66,27 +65,7 @@ def read_documents(path, text_field: str = "text") -> Iterator[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"--data {p} does not exist (expected a .txt, .jsonl or .jsonl.gz file, or 'val')")
-    name = p.name
-    try:
-        if name.endswith(".txt"):
-            yield p.read_text(encoding="utf-8", errors="replace")
-            return
-        if not (name.endswith(".jsonl") or name.endswith(".jsonl.gz")):
-            raise ValueError(f"--data {p}: unsupported file type (allowed: .txt, .jsonl, .jsonl.gz)")
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(p, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{p}:{lineno} is not valid JSON ({err.msg})") from None
-                if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
-                    raise ValueError(f"{p}:{lineno} has no string field {text_field!r}")
-                yield rec[text_field]
-    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as err:
-        raise ValueError(f"{p} could not be read: {err}") from None
+    yield from iter_file_documents(p, text_field, label="--data")
 
 
 def held_out_documents(train_config: dict, source: str = "val", text_field: str = "text") -> Iterator[str]:

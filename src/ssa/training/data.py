@@ -24,7 +24,6 @@ single document gives its last `val_fraction` of characters to validation.
 from __future__ import annotations
 
 import glob as globlib
-import gzip
 import hashlib
 import json
 import os
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from ssa.textfiles import iter_file_documents
 
 from .synthetic import RecallSpec, recall_documents
 from .tokenizer import encode_document, shared_data_dir, tokenizer_fingerprint
@@ -88,24 +89,7 @@ def resolve_files(source: str | os.PathLike | list) -> list[Path]:
 
 def _read_file(path: Path, text_field: str) -> Iterator[str]:
     """Documents of one file; any decoding problem becomes a one-line ValueError naming the file."""
-    try:
-        if path.name.endswith(".txt"):
-            yield path.read_text(encoding="utf-8", errors="replace")
-            return
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"data file {path}:{lineno} is not valid JSON ({err.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                    raise ValueError(f"data file {path}:{lineno} has no string field {text_field!r} (data.text_field)")
-                yield record[text_field]
-    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as err:
-        raise ValueError(f"data file {path} could not be read: {err}") from None
+    return iter_file_documents(path, text_field, label="data file")
 
 
 def python_stdlib_files() -> list[Path]:
