@@ -415,9 +415,14 @@ def block_key_parts(k: torch.Tensor, block_size: int, nsplit: int) -> torch.Tens
 
 # Top-k maintenance: False = threshold insertion (default), True = bitonic sort-merge per tile.
 MERGE_BY_SORT = False
-# Kernel version: "v1" (measured on the H100 in run 2) or "v2" (concatenated key parts, prefetch,
-# block-uniform candidate masks; MERGE_BY_SORT does not apply). PREFETCH / UNIFORM / PROLOGUE switch
-# v2's parts separately; PROLOGUE "torch" builds v2's block keys with PyTorch ops instead.
+# Kernel version: "v1" (default) or "v2" (concatenated key parts, block-uniform candidate masks,
+# scale folded into the exp FMA, prologue kernel; MERGE_BY_SORT does not apply). PREFETCH / UNIFORM /
+# PROLOGUE / GROUP_MMA switch v2's parts separately; PROLOGUE "torch" builds v2's block keys with
+# PyTorch ops instead. H100 run 3 (benchmarks/RESULTS.md), select ms at 32k / 64k / 128k: v1 2.12 /
+# 6.73 / 22.35; v2 2.24 / 6.98 / 23.02; v2 + GROUP_MMA=2 2.02 / 6.93 / 24.97; v2 + BLOCK_TILE=32
+# 1.98 / 6.54 / 21.91 (fastest, not yet natively tested at that shape); PREFETCH=True is slower (it
+# replaces Triton's own async-copy pipelining). Fewer instructions did not help once registers passed
+# ~168 per thread (2 instead of 3 programs per SM).
 KERNEL = "v1"
 PREFETCH = False
 UNIFORM = True
