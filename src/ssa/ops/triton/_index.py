@@ -45,10 +45,9 @@ def _scatter_kernel(idx_ptr, cursor_ptr, qlist_ptr, total, T, HK, N, NB, BLOCK: 
 
 
 @triton.jit
-def _items_kernel(seg_end_ptr, counts_ptr, ends_ptr, items_ptr, num_items, num_keys, steps, SEG,
-                  BLOCK: tl.constexpr):
-    w = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    # The key of item w: the first key whose inclusive segment cumsum exceeds w.
+def _write_items(w, seg_end_ptr, counts_ptr, ends_ptr, items_ptr, num_items, num_keys, steps, SEG,
+                 BLOCK: tl.constexpr):
+    """Work items w: the key whose segment range holds w (binary search), and its query-list span."""
     lo = tl.zeros((BLOCK,), tl.int32)
     hi = tl.zeros((BLOCK,), tl.int32) + num_keys
     for _ in range(steps):
@@ -69,6 +68,14 @@ def _items_kernel(seg_end_ptr, counts_ptr, ends_ptr, items_ptr, num_items, num_k
     tl.store(items_ptr + w, key, mask=m)
     tl.store(items_ptr + num_items + w, start, mask=m)
     tl.store(items_ptr + 2 * num_items + w, tl.minimum(start + SEG, end), mask=m)
+
+
+@triton.jit
+def _items_kernel(seg_end_ptr, counts_ptr, ends_ptr, items_ptr, num_items, num_keys, steps, SEG,
+                  BLOCK: tl.constexpr):
+    w = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    # The key of item w: the first key whose inclusive segment cumsum exceeds w.
+    _write_items(w, seg_end_ptr, counts_ptr, ends_ptr, items_ptr, num_items, num_keys, steps, SEG, BLOCK)
 
 
 def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, seg: int):
@@ -134,26 +141,7 @@ def _scatter_items_kernel(idx_ptr, cursor_ptr, qlist_ptr, seg_end_ptr, counts_pt
         tl.store(qlist_ptr + slot, t, mask=valid)
     else:
         w = (pid - n_scatter) * BLOCK + tl.arange(0, BLOCK)
-        lo = tl.zeros((BLOCK,), tl.int32)
-        hi = tl.zeros((BLOCK,), tl.int32) + num_keys
-        for _ in range(steps):
-            mid = (lo + hi) // 2
-            v = tl.load(seg_end_ptr + mid, mask=mid < num_keys, other=2**31 - 1)
-            right = v <= w
-            lo = tl.where(right, mid + 1, lo)
-            hi = tl.where(right, hi, mid)
-        key = lo
-        real = key < num_keys
-        kc = tl.where(real, key, 0)
-        count = tl.load(counts_ptr + kc, mask=real, other=0)
-        end = tl.load(ends_ptr + kc, mask=real, other=0)
-        nseg = (count + SEG - 1) // SEG
-        first_item = tl.load(seg_end_ptr + kc, mask=real, other=0) - nseg
-        start = end - count + (w - first_item) * SEG
-        m = w < num_items
-        tl.store(items_ptr + w, key, mask=m)
-        tl.store(items_ptr + num_items + w, start, mask=m)
-        tl.store(items_ptr + 2 * num_items + w, tl.minimum(start + SEG, end), mask=m)
+        _write_items(w, seg_end_ptr, counts_ptr, ends_ptr, items_ptr, num_items, num_keys, steps, SEG, BLOCK)
 
 
 def inverted_index_from_counts(block_indices: torch.Tensor, counts: torch.Tensor, seq_len: int, block_size: int,
