@@ -52,33 +52,19 @@ def _check_args(args) -> str:
 
 def load(checkpoint, device=None, dtype=None):
     """(model in eval mode, tokenizer) from a checkpoint directory or a training run directory."""
-    import torch
     from transformers import AutoTokenizer
 
-    from ssa.model import SSAForCausalLM
+    from ssa.evaluation.loading import resolve_device, resolve_dtype
+    from ssa.training.checkpoint import load_model, resolve_checkpoint
 
-    path = Path(checkpoint).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if not (path / "config.json").is_file():
-        from ssa.training.checkpoint import resolve_checkpoint  # run dir -> its latest step
-
-        path = resolve_checkpoint(path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype is None:
-        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    elif isinstance(dtype, str):
-        if dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"--dtype must be one of float32, bfloat16, float16, got {dtype!r}")
-        dtype = getattr(torch, dtype)
-    try:
-        model = SSAForCausalLM.from_pretrained(path)
-    except OSError as err:
-        raise ValueError(f"checkpoint {path} could not be loaded: {err}") from None
+    path = resolve_checkpoint(checkpoint)  # a run dir -> its latest step
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    # AutoTokenizer, not tokenizer.json only: converted Llama checkpoints may carry other formats.
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise FileNotFoundError(f"checkpoint {path} has no tokenizer files (tokenizer.json)")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return model.to(device=device, dtype=dtype).eval(), tokenizer
+    return load_model(path, device=device, dtype=dtype).eval(), tokenizer
 
 
 def run(args) -> int:

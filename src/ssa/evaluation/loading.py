@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ssa.training.checkpoint import load_model, load_tokenizer, resolve_checkpoint
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -88,14 +90,10 @@ def load(path, device: str | None = None, dtype: str | None = None, **config_ove
     `config_overrides` are SSAConfig attributes changed at load time, e.g.
     `rope_llama3_scaling={...}` for length extrapolation.
     """
-    from ssa.training.checkpoint import load_tokenizer, resolve_checkpoint
-
-    _quiet_transformers()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     step_dir = resolve_checkpoint(path)
-    model = load_model(step_dir, **config_overrides).to(device=dev, dtype=dt)
-    model.eval()
+    model = load_model(step_dir, device=dev, dtype=dt, **config_overrides).eval()
     tokenizer = load_tokenizer(step_dir)
     run_dir = _run_dir_of(step_dir)
     train_config = {}
@@ -107,25 +105,10 @@ def load(path, device: str | None = None, dtype: str | None = None, **config_ove
     return Loaded(model=model, tokenizer=tokenizer, step_dir=step_dir, run_dir=run_dir, train_config=train_config)
 
 
-def load_model(step_dir: Path, **config_overrides):
-    """SSAForCausalLM from a step dir, with optional config overrides (one-line errors)."""
-    from ssa.model import SSAForCausalLM
-
-    if not config_overrides:
-        from ssa.training.checkpoint import load_model as _load
-
-        return _load(step_dir)
-    try:
-        return SSAForCausalLM.from_pretrained(step_dir, **config_overrides)
-    except (OSError, RuntimeError, KeyError) as err:
-        raise ValueError(f"checkpoint {step_dir} could not be loaded: {type(err).__name__}: {err}") from None
-
-
 def with_config(loaded: Loaded, **config_overrides) -> Loaded:
     """The same checkpoint reloaded with changed config attributes (same device and dtype)."""
     p = next(loaded.model.parameters())
-    model = load_model(loaded.step_dir, **config_overrides).to(device=p.device, dtype=p.dtype)
-    model.eval()
+    model = load_model(loaded.step_dir, device=p.device, dtype=p.dtype, **config_overrides).eval()
     return Loaded(model=model, tokenizer=loaded.tokenizer, step_dir=loaded.step_dir,
                   run_dir=loaded.run_dir, train_config=loaded.train_config)
 
@@ -134,13 +117,3 @@ def llama3_scaling(factor: float, original_len: int) -> dict:
     """llama3-style RoPE scaling for running at `factor` x the training length."""
     return {"rope_type": "llama3", "factor": float(factor), "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": int(original_len)}
-
-
-def _quiet_transformers() -> None:
-    """No per-load weight progress bars: evaluation shows its own progress."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except Exception:  # pragma: no cover - older transformers
-        pass

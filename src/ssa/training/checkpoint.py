@@ -182,12 +182,13 @@ def load_training_state(step_dir: Path) -> dict:
     return state
 
 
-def load_model(step_dir: Path, device=None, dtype=None):
+def load_model(step_dir: Path, device=None, dtype=None, **config_overrides):
+    """SSAForCausalLM from a step dir; `config_overrides` change config attributes at load time."""
     from ssa.model import SSAForCausalLM
 
     _quiet_transformers()
     try:
-        model = SSAForCausalLM.from_pretrained(step_dir)
+        model = SSAForCausalLM.from_pretrained(step_dir, **config_overrides)
     except (OSError, RuntimeError, KeyError) as err:
         raise ValueError(f"checkpoint {step_dir} could not be loaded: {type(err).__name__}: {err}") from None
     except Exception as err:  # safetensors raises its own error types on truncated files
