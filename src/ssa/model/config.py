@@ -133,6 +133,22 @@ class SSAConfig(PretrainedConfig):
         return self.attention_mode or DEFAULT_INFERENCE_MODE[self.method]
 
 
+def check_inference_settings(method: str, attention_mode=None, block_size=None, block_count=None,
+                             budget_required: bool = False) -> None:
+    """The inference choices a call or `from_pretrained(..., **overrides)` may change.
+
+    None means "not given" (use the config's), except for the budget of a config itself
+    (`budget_required=True`), which must be set.
+    """
+    if attention_mode is not None:
+        _choice("attention_mode", attention_mode, ATTENTION_MODES)
+    if method == "nsa" and attention_mode == "full":
+        raise ValueError("method 'nsa' has no full-attention stream: attention_mode must be 'sparse' or None")
+    for name, value in (("block_size", block_size), ("block_count", block_count)):
+        if value is not None or budget_required:
+            _positive_int(name, value)
+
+
 def _check_rope_scaling(rope_scaling) -> None:
     if not isinstance(rope_scaling, dict):
         raise ValueError(f"rope_llama3_scaling must be a dict or None, got {type(rope_scaling).__name__}")

@@ -17,7 +17,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .. import ops
 from ..ops import decode as decode_ops
 from .cache import CacheStep, SSACache
-from .config import ATTENTION_MODES, SSAConfig
+from .config import SSAConfig, check_inference_settings
 from .objective import alignment_loss, draw_mode
 from .rope import RotaryEmbedding, apply_rope
 
@@ -229,7 +229,9 @@ class SSAModel(SSAPreTrainedModel):
 class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
     def __init__(self, config: SSAConfig):
         # from_pretrained(path, block_count=0) sets config attributes without SSAConfig's checks.
-        _check_inference_settings(config)
+        check_inference_settings(
+            config.method, config.attention_mode, config.block_size, config.block_count, budget_required=True
+        )
         super().__init__(config)
         self.model = SSAModel(config)
         # Tied embeddings reuse embed_tokens directly instead of relying on weight-tying hooks.
@@ -245,13 +247,7 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
     def plan(self, attention_mode=None, block_count=None, block_size=None, output_attention_stats=False) -> AttentionPlan:
         """Decide what every layer computes in this call (DESIGN §1.3, §1.4)."""
         cfg = self.config
-        if attention_mode is not None and attention_mode not in ATTENTION_MODES:
-            raise ValueError(f"attention_mode must be one of {ATTENTION_MODES} or None, got {attention_mode!r}")
-        for name, value in (("block_count", block_count), ("block_size", block_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
-        if cfg.method == "nsa" and attention_mode == "full":
-            raise ValueError("method 'nsa' has no full-attention stream: use attention_mode='sparse' or None")
+        check_inference_settings(cfg.method, attention_mode, block_size, block_count)
         training = self.training and torch.is_grad_enabled()
         if training and cfg.method == "ssa":
             mode = attention_mode or draw_mode(cfg.full_ratio)
@@ -376,14 +372,3 @@ def _right_padded_or_full(attention_mask) -> bool:
     mask = attention_mask.bool()
     ones = mask.sum(1, keepdim=True)
     return bool((mask == (torch.arange(mask.shape[1], device=mask.device)[None, :] < ones)).all())
-
-
-def _check_inference_settings(config: SSAConfig) -> None:
-    if config.attention_mode is not None and config.attention_mode not in ATTENTION_MODES:
-        raise ValueError(f"attention_mode must be one of {ATTENTION_MODES} or None, got {config.attention_mode!r}")
-    if config.method == "nsa" and config.attention_mode == "full":
-        raise ValueError("method 'nsa' has no full-attention stream: attention_mode must be 'sparse' or None")
-    for name in ("block_size", "block_count"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
