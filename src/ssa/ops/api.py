@@ -76,13 +76,18 @@ def full_attention(q, k, v, scale=None):
     return reference.full_attention(q, k, v, check_scale(scale, D))
 
 
+def _implementation(name: str, backend: str, x):
+    """The Triton module's `name` when the backend resolves to Triton and it has one, else the reference's."""
+    fast = getattr(_triton_module(), name, None) if resolve_backend(backend, x) == "triton" else None
+    return fast or getattr(reference, name)
+
+
 def compressed_attention(q, k, v, block_size: int = 16, scale=None, backend: str = "auto"):
     """NSA compression branch over mean-pooled K/V of complete preceding blocks."""
     _, _, _, _, D = check_qkv(q, k, v)
     check_positive_int("block_size", block_size)
     scale = check_scale(scale, D)
-    fast = getattr(_triton_module(), "compressed_attention", None) if resolve_backend(backend, q) == "triton" else None
-    return (fast or reference.compressed_attention)(q, k, v, block_size, scale)
+    return _implementation("compressed_attention", backend, q)(q, k, v, block_size, scale)
 
 
 def sliding_window_attention(q, k, v, window: int = 128, scale=None, backend: str = "auto"):
@@ -90,5 +95,4 @@ def sliding_window_attention(q, k, v, window: int = 128, scale=None, backend: st
     _, _, _, _, D = check_qkv(q, k, v)
     check_positive_int("window", window)
     scale = check_scale(scale, D)
-    fast = getattr(_triton_module(), "sliding_window_attention", None) if resolve_backend(backend, q) == "triton" else None
-    return (fast or reference.sliding_window_attention)(q, k, v, window, scale)
+    return _implementation("sliding_window_attention", backend, q)(q, k, v, window, scale)
