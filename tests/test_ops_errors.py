@@ -41,7 +41,7 @@ def test_heads_must_divide():
         block_sparse_attention(q, k, v)
 
 
-def test_triton_backend_on_cpu_without_triton_is_an_error_or_works(monkeypatch):
+def test_explicit_triton_backend_without_triton_is_an_error(monkeypatch):
     # Asking for Triton explicitly must never silently fall back to the reference when it is missing.
     import ssa.ops.api as api
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_backend, check_positive_int, check_scale
+from .reference import top_blocks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,16 +88,7 @@ def select_blocks_decode_reference(q, kbar, lengths, block_size: int, block_coun
     score = torch.softmax(logits, dim=-1).nan_to_num(0.0).sum(2)  # [B, HK, NB]; no candidates -> 0
     score = torch.where(candidate[:, None, :], score, torch.full_like(score, -1.0))
     is_current = (blocks[None, :] == current[:, None])[:, None, :]
-    score = torch.where(is_current, torch.full_like(score, float("inf")), score)
-    width = min(block_count, NB)
-    # Stable descending sort: equal scores keep ascending block order (ties go to the lower index).
-    top_score, top_idx = torch.sort(score, dim=-1, descending=True, stable=True)
-    top_idx = torch.where(top_score[..., :width] >= 0, top_idx[..., :width], NB)
-    chosen = top_idx.sort(dim=-1).values
-    chosen = torch.where(chosen == NB, -1, chosen).to(torch.int32)
-    if width < block_count:
-        chosen = F.pad(chosen, (0, block_count - width), value=-1)
-    return chosen
+    return top_blocks(score, is_current, block_count)
 
 
 def _attend_positions(q, k_cache, v_cache, pos, visible, scale):

@@ -67,31 +67,37 @@ def block_scores(q: torch.Tensor, kbar: torch.Tensor, t0: int, block_size: int, 
     return score, candidate, current
 
 
+def top_blocks(score: torch.Tensor, is_current: torch.Tensor, block_count: int) -> torch.Tensor:
+    """Steps 5-7 of DESIGN §1.1 on group scores [..., nb] (non-candidates -1).
+
+    The current block (`is_current`, broadcastable to score) always takes a slot; the rest go to the
+    exact top scores, ties to the lower block. Returns int32 [..., block_count]: block ids ascending,
+    empty slots -1 at the end. Shared by prefill selection and single-query decode selection.
+    """
+    nb = score.shape[-1]
+    width = min(block_count, nb)
+    score = torch.where(is_current, torch.full_like(score, float("inf")), score)
+    # Stable descending sort: equal scores keep ascending block order, so ties go to the lower index.
+    top_score, top_idx = torch.sort(score, dim=-1, descending=True, stable=True)
+    top_idx = torch.where(top_score[..., :width] >= 0, top_idx[..., :width], nb)
+    # Sort the chosen blocks ascending, with empty slots (-1) last.
+    chosen = top_idx.sort(dim=-1).values
+    chosen = torch.where(chosen == nb, -1, chosen).to(torch.int32)
+    return F.pad(chosen, (0, block_count - width), value=-1)
+
+
 def select_blocks(q, k, block_size: int, block_count: int, scale: float) -> torch.Tensor:
     """Exact top-k block selection (DESIGN §1.1). Returns int32 [B, T, HK, block_count]."""
-    B, T, HQ, D = q.shape
-    HK = k.shape[2]
-    nb = num_blocks(T, block_size)
+    T = q.shape[1]
     kbar = block_means(k, block_size)
-    out = torch.empty(B, T, HK, block_count, dtype=torch.int32, device=q.device)
-    width = min(block_count, nb)
-    block_ids = torch.arange(nb, device=q.device)
+    block_ids = torch.arange(kbar.shape[1], device=q.device)
+    chunks = []
     for t0 in range(0, T, QUERY_CHUNK):
         t1 = min(t0 + QUERY_CHUNK, T)
         score, _, current = block_scores(q[:, t0:t1], kbar, t0, block_size, scale)
-        # The current block always wins its slot.
-        is_current = block_ids[None, :] == current[:, None]
-        score = torch.where(is_current[None, :, None, :], torch.full_like(score, float("inf")), score)
-        # Stable descending sort: equal scores keep ascending block order, so ties go to the lower index.
-        top_score, top_idx = torch.sort(score, dim=-1, descending=True, stable=True)
-        top_idx = torch.where(top_score[..., :width] >= 0, top_idx[..., :width], -1)
-        # Sort the chosen blocks ascending, with empty slots (-1) last.
-        key = torch.where(top_idx < 0, nb, top_idx)
-        key = key.sort(dim=-1).values
-        chosen = torch.where(key == nb, -1, key).to(torch.int32)
-        out[:, t0:t1, :, :width] = chosen
-    out[..., width:] = -1
-    return out
+        is_current = (block_ids[None, :] == current[:, None])[None, :, None, :]
+        chunks.append(top_blocks(score, is_current, block_count))
+    return torch.cat(chunks, 1)
 
 
 def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float, return_lse: bool = False):
