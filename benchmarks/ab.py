@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import torch
 from triton.testing import do_bench
 
+from ssa.commands.bench import sdpa_causal as sdpa
 from ssa.ops import block_sparse_attention, select_blocks
 from ssa.ops.triton import _attention, _select
 
@@ -50,14 +51,6 @@ def ms(fn, rep=100, grad_to_none=None):
         return (time.perf_counter() - t0) * 1e3
     return float(do_bench(fn, warmup=10, rep=rep, grad_to_none=grad_to_none, return_mode="median"))
 
-
-def sdpa(q, k, v, scale):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    with sdpa_kernel([SDPBackend.FLASH_ATTENTION] if DEVICE == "cuda" else [SDPBackend.MATH]):
-        return torch.nn.functional.scaled_dot_product_attention(
-            qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True).transpose(1, 2)
 
 
 def inputs(T, D=64):

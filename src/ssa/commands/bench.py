@@ -101,12 +101,13 @@ def _peak_mib(fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def _sdpa(q, k, v, scale):
-    """Causal SDPA on [B, T, H, D] inputs with the flash backend (GQA without copying k/v)."""
+def sdpa_causal(q, k, v, scale):
+    """Causal SDPA on [B, T, H, D] inputs, the baseline: the flash backend on GPU (GQA without
+    copying k/v); the math backend elsewhere, for dry runs of benchmark scripts."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION] if q.is_cuda else [SDPBackend.MATH]):
         return torch.nn.functional.scaled_dot_product_attention(
             qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True
         ).transpose(1, 2)
@@ -155,7 +156,7 @@ def _warm_up(dtype, B, HQ, HK, D, s, n, scale):
     v = torch.randn_like(k, requires_grad=True)
     for _ in range(20):
         block_sparse_attention(q, k, v, s, n, None, scale, backend="triton").sum().backward()
-        _sdpa(q, k, v, scale).sum().backward()
+        sdpa_causal(q, k, v, scale).sum().backward()
     torch.cuda.synchronize()
 
 
@@ -184,7 +185,7 @@ def bench_attention(args) -> dict:
             idx = select_blocks(q, k, s, n, scale, backend="triton")
             row["sparse_fwd_ms"] = _median_ms(
                 lambda: block_sparse_attention(q, k, v, s, n, None, scale, backend="triton"), args.rep_ms)
-            row["sdpa_fwd_ms"] = _median_ms(lambda: _sdpa(q, k, v, scale), args.rep_ms)
+            row["sdpa_fwd_ms"] = _median_ms(lambda: sdpa_causal(q, k, v, scale), args.rep_ms)
         o = block_sparse_attention(q, k, v, s, n, idx, scale, backend="triton")
         row["sparse_bwd_ms"] = _median_ms(lambda: o.backward(do, retain_graph=True), args.rep_ms, leaves)
         # The alternative inverted-index build (Triton kernels instead of PyTorch ops), for comparison.
@@ -196,7 +197,7 @@ def bench_attention(args) -> dict:
                 lambda: o.backward(do, retain_graph=True), args.rep_ms, leaves)
         finally:
             _attention.INDEX_BUILD = default_build
-        o = _sdpa(q, k, v, scale)
+        o = sdpa_causal(q, k, v, scale)
         row["sdpa_bwd_ms"] = _median_ms(lambda: o.backward(do, retain_graph=True), args.rep_ms, leaves)
         del o
         for x in leaves:
@@ -209,7 +210,7 @@ def bench_attention(args) -> dict:
         row["sparse_peak_mib"] = _peak_mib(sparse_step)
         for x in leaves:
             x.grad = None
-        row["sdpa_peak_mib"] = _peak_mib(lambda: _sdpa(q, k, v, scale).backward(do))
+        row["sdpa_peak_mib"] = _peak_mib(lambda: sdpa_causal(q, k, v, scale).backward(do))
         for x in leaves:
             x.grad = None
         row["index_mib"] = idx.numel() * 4 / 2**20
