@@ -109,7 +109,7 @@ class GatedAttention(nn.Module):
         align = None
         if plan.align:
             pair = gated if cfg.align_on == "gated" else raw
-            align = alignment_loss(pair["full"], pair["sparse"], cfg.align_direction, cfg.align_loss)
+            align = alignment_loss(pair["full"], pair["sparse"], cfg.align_direction, cfg.align_loss, backend=cfg.backend)
         return gated[plan.mode], align, indices
 
     def _attend_cached(self, q, k, v, gates, plan, cache: SSACache, step: CacheStep):

@@ -7,7 +7,8 @@ which exist only inside the forward pass.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .. import ops
 
 
 def draw_mode(full_ratio: float) -> str:
@@ -15,18 +16,14 @@ def draw_mode(full_ratio: float) -> str:
     return "full" if torch.rand(()).item() < full_ratio else "sparse"
 
 
-def alignment_loss(o_full: torch.Tensor, o_sparse: torch.Tensor, direction: str, kind: str) -> torch.Tensor:
+def alignment_loss(
+    o_full: torch.Tensor, o_sparse: torch.Tensor, direction: str, kind: str, backend: str = "auto"
+) -> torch.Tensor:
     """Bidirectional stop-gradient alignment of one layer's two attention outputs.
 
     The sparsity term pulls full attention toward the sparse output (gradient into the full stream
     only); the commitment term keeps sparse attention near full attention (gradient into the sparse
-    stream only). Computed in float32, mean over all elements.
+    stream only). Computed in float32, mean over all elements. It runs in every layer of every SSA
+    training step, so on the GPU it goes through the fused kernels of `ops.alignment_loss`.
     """
-    distance = (lambda a, b: F.smooth_l1_loss(a, b, beta=1.0)) if kind == "smooth_l1" else F.mse_loss
-    o_full, o_sparse = o_full.float(), o_sparse.float()
-    loss = o_full.new_zeros(())
-    if direction in ("both", "sparsity"):
-        loss = loss + distance(o_full, o_sparse.detach())
-    if direction in ("both", "commitment"):
-        loss = loss + distance(o_full.detach(), o_sparse)
-    return loss
+    return ops.alignment_loss(o_full, o_sparse, direction, kind, backend=backend)

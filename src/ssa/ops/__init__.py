@@ -4,6 +4,7 @@ Kernels know nothing of models: these take tensors and return tensors.
 """
 
 from .api import (
+    alignment_loss,
     block_sparse_attention,
     compressed_attention,
     full_attention,
@@ -18,5 +19,6 @@ __all__ = [
     "full_attention",
     "compressed_attention",
     "sliding_window_attention",
+    "alignment_loss",
     "resolve_backend",
 ]

@@ -96,3 +96,47 @@ def sliding_window_attention(q, k, v, window: int = 128, scale=None, backend: st
     check_positive_int("window", window)
     scale = check_scale(scale, D)
     return _implementation("sliding_window_attention", backend, q)(q, k, v, window, scale)
+
+
+ALIGN_DIRECTIONS = ("both", "sparsity", "commitment", "none")
+# "l2" is the model config's name for the squared error; "mse" is accepted as the same thing.
+ALIGN_KINDS = ("smooth_l1", "l2", "mse")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_alignment_args(o_full, o_sparse, direction, kind) -> None:
+    for name, x in (("o_full", o_full), ("o_sparse", o_sparse)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+    if o_sparse.shape != o_full.shape:
+        raise ValueError(
+            f"o_sparse must have the shape of o_full {tuple(o_full.shape)}, got {tuple(o_sparse.shape)}"
+        )
+    if o_sparse.dtype != o_full.dtype:
+        raise TypeError(f"o_sparse has dtype {o_sparse.dtype} but o_full has {o_full.dtype}; both must share one dtype")
+    if o_sparse.device != o_full.device:
+        raise ValueError(f"o_sparse is on {o_sparse.device} but o_full is on {o_full.device}; both must share one device")
+    if not isinstance(direction, str) or direction not in ALIGN_DIRECTIONS:
+        raise ValueError(f"direction must be one of {ALIGN_DIRECTIONS}, got {direction!r}")
+    if not isinstance(kind, str) or kind not in ALIGN_KINDS:
+        raise ValueError(f"kind must be one of {ALIGN_KINDS}, got {kind!r}")
+
+
+def alignment_loss(o_full, o_sparse, direction: str = "both", kind: str = "smooth_l1", backend: str = "auto"):
+    """SSA alignment of a layer's full and sparse attention outputs (DESIGN §1.3): float32 0-dim.
+
+    `direction`: "both" = dist(o_full, o_sparse.detach()) + dist(o_full.detach(), o_sparse);
+    "sparsity" = the first term only (gradient into o_full only); "commitment" = the second only
+    (gradient into o_sparse only); "none" = a float32 zero without gradient. `kind`: "smooth_l1"
+    (beta 1) or the squared error ("l2" or "mse"); both are means over all elements, in float32.
+    Any shape; both inputs must share shape, dtype and device. Gradients come back in their dtype.
+    """
+    _check_alignment_args(o_full, o_sparse, direction, kind)
+    if resolve_backend(backend, o_full) == "triton":
+        # resolve_backend has imported the package (and its interpreter fixes), so this succeeds.
+        from .triton import _align
+
+        return _align.alignment_loss(o_full, o_sparse, direction, kind)
+    return reference.alignment_loss(o_full, o_sparse, direction, kind)

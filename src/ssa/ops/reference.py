@@ -204,3 +204,21 @@ def sliding_window_attention(q, k, v, window: int, scale: float):
         o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale)
         outs.append(o.transpose(1, 2))
     return torch.cat(outs, 1)
+
+
+def alignment_loss(o_full, o_sparse, direction: str, kind: str):
+    """SSA alignment of one layer's two attention outputs (DESIGN §1.3), float32 0-dim.
+
+    The sparsity term dist(o_full, o_sparse.detach()) sends gradient into the full stream only; the
+    commitment term dist(o_full.detach(), o_sparse) into the sparse stream only. `direction` picks
+    the terms ("both", "sparsity", "commitment", "none"); `kind` the distance: "smooth_l1" (beta=1)
+    or the squared error ("l2", also called "mse"). Mean over all elements, in float32.
+    """
+    distance = (lambda a, b: F.smooth_l1_loss(a, b, beta=1.0)) if kind == "smooth_l1" else F.mse_loss
+    o_full, o_sparse = o_full.float(), o_sparse.float()
+    loss = o_full.new_zeros(())
+    if direction in ("both", "sparsity"):
+        loss = loss + distance(o_full, o_sparse.detach())
+    if direction in ("both", "commitment"):
+        loss = loss + distance(o_full.detach(), o_sparse)
+    return loss
