@@ -1,9 +1,10 @@
-"""Old vs new kernel variants side by side in one process (GPU): `python benchmarks/ab.py OUTDIR`.
+"""Kernel variants side by side in one process (GPU): `python benchmarks/ab.py OUTDIR`.
 
-Selection and sparse forward at 32k/64k/128k (selection v1 vs v2 and v2's parts), sparse backward at
-8k/64k for each inverted-index build, and `ssa bench train-step` (300m preset, 8k) for full and for
-ssa with the old and the new settings. Shape: B=1, HQ=16, HK=1, d=64, s=16, n=16, bf16. Writes
-OUTDIR/ab.json and prints a short table last.
+Selection alone for every variant of SELECT_VARIANTS at 8k/32k/64k/128k, then the sparse forward
+(selection + attention) for v1 and the two fastest variants, then `ssa bench train-step` (300m
+preset, 8k) for full, ssa with v1 and ssa with the fastest selection. Optionally (--parts backward)
+the sparse backward at 8k/64k for each inverted-index build. Shape: B=1, HQ=16, HK=1, d=64, s=16,
+n=16, bf16. Writes OUTDIR/ab.json and prints a short table last.
 """
 
 import argparse
@@ -21,21 +22,25 @@ from ssa.ops import block_sparse_attention, select_blocks
 from ssa.ops.triton import _attention, _select
 
 OLD = dict(KERNEL="v1")
-NEW = dict(KERNEL="v2", PREFETCH=False, UNIFORM=True, PROLOGUE="triton", GROUP_MMA=0)
-SELECT_VARIANTS = {  # most important first (the run may be cut short)
+V3 = dict(KERNEL="v3", FIXED_SHIFT=True, UNIFORM=True, UNIFORM_PASS2=False)
+SELECT_VARIANTS = {  # run 5 (v3); most important first (the run may be cut short)
     "v1": OLD,
-    "v2": NEW,
-    "v2_g2": dict(NEW, GROUP_MMA=2),
-    "v2_g1": dict(NEW, GROUP_MMA=1),
-    "v2_bn32": dict(NEW, BLOCK_TILE=32),
-    "v2_g2_bn32": dict(NEW, GROUP_MMA=2, BLOCK_TILE=32),
-    "v2_g2_w8": dict(NEW, GROUP_MMA=2, NUM_WARPS=8),
-    "v2_nouniform": dict(NEW, UNIFORM=False),
-    "v2_prefetch": dict(NEW, PREFETCH=True),
+    "v3": V3,
+    "v3_bn32": dict(V3, BLOCK_TILE=32),
+    "v3_bn32_mx96": dict(V3, BLOCK_TILE=32, MAXNREG=96),
+    "v1_bn32": dict(OLD, BLOCK_TILE=32),
+    "v1_mx128": dict(OLD, MAXNREG=128),
+    "v3_mx128": dict(V3, MAXNREG=128),
+    "v3_u2_bn32": dict(V3, UNIFORM_PASS2=True, BLOCK_TILE=32),
+    "v3_u2_bn32_mx128": dict(V3, UNIFORM_PASS2=True, BLOCK_TILE=32, MAXNREG=128),
+    "v3_online": dict(V3, FIXED_SHIFT=False),
+    "v2_bn32": dict(KERNEL="v2", PREFETCH=False, UNIFORM=True, PROLOGUE="triton", GROUP_MMA=0, BLOCK_TILE=32),
 }
-FWD_VARIANTS = ("v1", "v2", "v2_g2")  # also timed as selection + attention
+FWD_VARIANTS = ["v1"]  # the fastest selection variants are appended after the selection sweep
+BEST = {}
 DEFAULTS = {name: getattr(_select, name)
-            for name in ("KERNEL", "PREFETCH", "UNIFORM", "PROLOGUE", "GROUP_MMA", "NUM_WARPS", "BLOCK_TILE")}
+            for name in ("KERNEL", "PREFETCH", "UNIFORM", "PROLOGUE", "GROUP_MMA", "NUM_WARPS", "BLOCK_TILE",
+                         "FIXED_SHIFT", "UNIFORM_PASS2", "MAXNREG")}
 DEVICE = "cuda"
 
 
@@ -63,7 +68,7 @@ def inputs(T, D=64):
 
 def forward_part(res, lens):
     s, n, scale = 16, 16, 0.125
-    for T in lens:
+    for T in lens:  # selection alone, every variant
         q, k, v = inputs(T)
         row = {"T": T}
         with torch.no_grad():
@@ -76,9 +81,6 @@ def forward_part(res, lens):
                     got = select_blocks(q, k, s, n, scale, backend="triton")
                     row[f"select_{name}_ms"] = ms(lambda: select_blocks(q, k, s, n, scale, backend="triton"))
                     row[f"select_{name}_rows_differ"] = int((got != ref).any(-1).sum())
-                    if name in FWD_VARIANTS:
-                        row[f"fwd_{name}_ms"] = ms(
-                            lambda: block_sparse_attention(q, k, v, s, n, None, scale, backend="triton"))
                 except Exception as err:
                     row[f"select_{name}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
             use(OLD)
@@ -86,6 +88,23 @@ def forward_part(res, lens):
         print(json.dumps(row), flush=True)
         print(f"  {T // 1024}k select ms: " + " ".join(
             f"{k[7:-3]}={v:.3f}" for k, v in row.items() if k.startswith("select_") and k.endswith("_ms")), flush=True)
+        del q, k, v
+        torch.cuda.empty_cache()
+    # The two fastest variants (summed time relative to v1 over the lengths) also run the sparse forward.
+    rel = {name: sum(r[f"select_{name}_ms"] / r["select_v1_ms"] for r in res["forward"])
+           for name in SELECT_VARIANTS if all(f"select_{name}_ms" in r for r in res["forward"])}
+    ranked = sorted((x for x in rel if x != "v1"), key=rel.get)
+    FWD_VARIANTS.extend(ranked[:2])
+    BEST.update(SELECT_VARIANTS[ranked[0]] if ranked else OLD)
+    res["best_select"] = ranked[0] if ranked else "v1"
+    print("selection ranking (sum of time / v1):", [(x, round(rel[x] / len(lens), 3)) for x in ranked], flush=True)
+    for row in res["forward"]:
+        q, k, v = inputs(row["T"])
+        with torch.no_grad():
+            for name in FWD_VARIANTS:
+                use(SELECT_VARIANTS[name])
+                row[f"fwd_{name}_ms"] = ms(lambda: block_sparse_attention(q, k, v, s, n, None, scale, backend="triton"))
+        use(OLD)
         del q, k, v
         torch.cuda.empty_cache()
 
@@ -127,21 +146,30 @@ def backward_part(res, lens):
 def train_part(res, steps):
     from ssa.commands.bench import bench_train_step
 
-    runs = [("full", "full", OLD, "torch"), ("ssa_old", "ssa", OLD, "torch"),
-            ("ssa_new", "ssa", NEW, "fused"), ("ssa_new_triton_index", "ssa", NEW, "triton")]
-    for label, method, settings, build in runs:
+    import ssa.ops
+
+    best = BEST or V3
+    runs = [("full", "full", OLD, None), ("ssa_v1", "ssa", OLD, None), ("ssa_best_select", "ssa", best, None),
+            ("ssa_best_select_torch_align", "ssa", best, "torch")]
+    fused_align = getattr(ssa.ops, "alignment_loss", None)
+    for label, method, settings, align_backend in runs:
         use(settings)
+        if align_backend:  # the alignment loss as plain PyTorch ops instead of the fused kernels
+            if fused_align is None:
+                continue
+            ssa.ops.alignment_loss = lambda *a, backend="auto", **kw: fused_align(*a, backend=align_backend, **kw)
         args = SimpleNamespace(preset="300m", methods=method, seq_len=8192, batch=1, vocab_size=50257, layers=None,
-                               steps=steps, full_ratio=None, json=None, select_config=None, index_build=build)
+                               steps=steps, full_ratio=None, json=None, select_config=None, index_build="fused")
         try:
             out = bench_train_step(args)
-            row = dict(out["rows"][0], label=label)
+            row = dict(out["rows"][0], label=label, select=settings)
         except Exception as err:
             row = {"label": label, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+        if fused_align is not None:
+            ssa.ops.alignment_loss = fused_align
         res["train"].append(row)
         print(json.dumps(row), flush=True)
     use(OLD)
-    _attention.INDEX_BUILD = "torch"
 
 
 def table(res):
@@ -173,10 +201,10 @@ def table(res):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("out")
-    p.add_argument("--fwd-lens", default="32768,65536,131072")
+    p.add_argument("--fwd-lens", default="8192,32768,65536,131072")
     p.add_argument("--bwd-lens", default="8192,65536")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--parts", default="backward,train,forward", help="in this order")
+    p.add_argument("--parts", default="forward,train", help="in this order (backward: the index builds)")
     p.add_argument("--dry", action="store_true", help="CPU interpreter, tiny lengths, no train step")
     a = p.parse_args()
     from ssa.commands.bench import environment

@@ -444,3 +444,55 @@ def test_select_v2_benchmark_shape(monkeypatch, group_mma, block_tile, warps):
     got = _select.select_blocks(q, k, 16, 16, 0.125)
     mismatched = _check_selection(got, q, k, 16, 16, 0.125, 16 * 2e-5)
     assert mismatched <= 30
+
+
+@pytest.mark.parametrize("fixed_shift,rows,block_tile", [(True, 16, 16), (False, 16, 16), (True, 128, 64)])
+def test_select_v3_matches_reference(monkeypatch, fixed_shift, rows, block_tile):
+    # rows=16: 4 queries per program at G=4, block-uniform at s=4 (unmasked tiles + a masked tail);
+    # rows=128 at s=4 is not block-uniform (every tile masked). The cases cover padded groups,
+    # fp16's three-part keys and T % s != 0.
+    from ssa.ops.triton import _select
+
+    for name, value in dict(KERNEL="v3", FIXED_SHIFT=fixed_shift, ROWS=rows, BLOCK_TILE=block_tile).items():
+        monkeypatch.setattr(_select, name, value)
+    for B, T, HQ, HK, D, s, n, dtype in [(1, 200, 8, 2, 32, 4, 7, torch.float32),
+                                         (2, 150, 4, 1, 64, 4, 5, torch.bfloat16),
+                                         (1, 131, 6, 2, 32, 8, 4, torch.float16)]:
+        q, k, _ = _qkv(B, T, HQ, HK, D, dtype, seed=T)
+        got = _select.select_blocks(q, k, s, n, D ** -0.5)
+        G = HQ // HK
+        _check_selection(got, q, k, s, n, D ** -0.5, G * (2e-6 if dtype == torch.float32 else 2e-5))
+
+
+def test_select_v3_loose_shift_bound_falls_back(monkeypatch):
+    # q has a huge component along a direction the block keys never have, so the Cauchy-Schwarz
+    # shift is thousands above every logit and every exp2 of pass 1 underflows to zero. Without
+    # the recomputation with the online maximum every score would be 0 and the lowest blocks win.
+    from ssa.ops.triton import _select
+
+    monkeypatch.setattr(_select, "KERNEL", "v3")
+    monkeypatch.setattr(_select, "ROWS", 16)
+    monkeypatch.setattr(_select, "BLOCK_TILE", 16)
+    B, T, HQ, HK, D, s, n = 1, 160, 4, 1, 32, 4, 5
+    q, k, _ = _qkv(B, T, HQ, HK, D, torch.float32, seed=5)
+    q[..., 0] = 400.0
+    k = k * 50.0
+    k[..., 0] = 0.0
+    got = _select.select_blocks(q, k, s, n, D ** -0.5)
+    mismatched = _check_selection(got, q, k, s, n, D ** -0.5, 4 * 2e-6)
+    assert mismatched == 0
+    lowest = torch.arange(n - 1, dtype=torch.int32, device=got.device)
+    assert not (got[0, -1, 0, : n - 1] == lowest).all()  # the answer is not the all-zero-score one
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="launch shape of the benchmark: too slow to interpret")
+@pytest.mark.parametrize("fixed_shift,block_tile,maxnreg", [(True, 64, None), (True, 32, None), (False, 64, None),
+                                                            (True, 64, 128)])
+def test_select_v3_benchmark_shape(monkeypatch, fixed_shift, block_tile, maxnreg):
+    from ssa.ops.triton import _select
+
+    for name, value in dict(KERNEL="v3", FIXED_SHIFT=fixed_shift, BLOCK_TILE=block_tile, MAXNREG=maxnreg).items():
+        monkeypatch.setattr(_select, name, value)
+    q, k, _ = _qkv(1, 3000, 16, 1, 64, torch.bfloat16, seed=7)
+    got = _select.select_blocks(q, k, 16, 16, 0.125)
+    assert _check_selection(got, q, k, 16, 16, 0.125, 16 * 2e-5) <= 30

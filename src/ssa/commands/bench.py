@@ -55,7 +55,7 @@ def add_arguments(parser) -> None:
     t.add_argument("--select-config", default=None, help="as for `ssa bench attention`")
     t.add_argument("--index-build", choices=("torch", "triton", "fused"), default=None,
                    help="how the backward builds its inverted index (default: the library's)")
-    t.add_argument("--select-kernel", choices=("v1", "v2"), default=None,
+    t.add_argument("--select-kernel", choices=("v1", "v2", "v3"), default=None,
                    help="selection kernel version (default: the library's)")
 
 
@@ -249,9 +249,42 @@ def bench_attention(args) -> dict:
 # --------------------------------------------------------------------------------------- train step
 
 
-def bench_train_step(args) -> dict:
+def training_step(method: str, shape: dict, vocab_size: int, batch: int, seq_len: int):
+    """A CUDA model of `shape` for `method` with fused AdamW, and a closure running one bf16-autocast
+    training step (forward, backward, optimizer) on fixed random tokens. Returns (step, model)."""
     from ..model import SSAConfig, SSAForCausalLM
+
+    torch.manual_seed(0)
+    cfg = SSAConfig(method=method, vocab_size=vocab_size, backend="auto", **shape)
+    model = SSAForCausalLM(cfg).cuda().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    ids = torch.randint(0, vocab_size, (batch, seq_len), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(ids, labels=ids)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, model
+
+
+def preset_shape(preset: str, layers=None, full_ratio=None, seq_len: int = 0) -> dict:
+    """The model part of a preset, with the bench's overrides."""
     from ..training.config import load_preset
+
+    shape = dict(load_preset(preset)["model"])
+    shape.pop("_comment", None)
+    if layers is not None:
+        shape["num_hidden_layers"] = layers
+    if full_ratio is not None:
+        shape["full_ratio"] = full_ratio
+    shape["max_position_embeddings"] = max(shape.get("max_position_embeddings", 0), seq_len)
+    return shape
+
+
+def bench_train_step(args) -> dict:
 
     _apply_select_config(args.select_config)
     if args.index_build:
@@ -262,30 +295,12 @@ def bench_train_step(args) -> dict:
         from ..ops.triton import _select
 
         _select.KERNEL = args.select_kernel
-    shape = dict(load_preset(args.preset)["model"])
-    shape.pop("_comment", None)
-    if args.layers is not None:
-        shape["num_hidden_layers"] = args.layers
-    if args.full_ratio is not None:
-        shape["full_ratio"] = args.full_ratio
-    shape["max_position_embeddings"] = max(shape.get("max_position_embeddings", 0), args.seq_len)
+    shape = preset_shape(args.preset, args.layers, args.full_ratio, args.seq_len)
     env = environment()
     print(f"# {env}\n# preset={args.preset} seq_len={args.seq_len} batch={args.batch} {shape}", flush=True)
     rows = []
     for method in args.methods.split(","):
-        torch.manual_seed(0)
-        cfg = SSAConfig(method=method, vocab_size=args.vocab_size, backend="auto", **shape)
-        model = SSAForCausalLM(cfg).cuda().train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-        ids = torch.randint(0, args.vocab_size, (args.batch, args.seq_len), device="cuda")
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = model(ids, labels=ids)
-            out.loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
+        step, model = training_step(method, shape, args.vocab_size, args.batch, args.seq_len)
         for _ in range(3):
             step()
         torch.cuda.synchronize()
@@ -308,7 +323,7 @@ def bench_train_step(args) -> dict:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del model, opt
+        del model, step
         torch.cuda.empty_cache()
     base = next((r["step_ms"] for r in rows if r["method"] == "full"), None)
     print("\n| method | step ms (median) | vs full | peak GiB | params M |")

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, LOG2E, mma, next_pow2
+from ._common import INTERPRET, LOG2E, interpreting, mma, next_pow2
 
 # Block b is stored as b ^ _LOW_MAX == _LOW_MAX - b in the low word of a key (lower block, larger key).
 _LOW_MAX = tl.constexpr(2**31 - 1)
@@ -91,17 +91,8 @@ def _select_kernel(
     c_end = t_last // S  # no query of this tile has a candidate >= c_end
 
     # Pass 1: per-row softmax normalisers over candidates c < c_t (log2 domain).
-    m = tl.full((R,), float("-inf"), tl.float32)
-    l = tl.zeros((R,), tl.float32)
-    for c0 in range(0, c_end, BN1):
-        x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE) * scale2
-        cand = ((c0 + tl.arange(0, BN1))[None, :] < cur_row[:, None]) & row_ok[:, None]
-        x = tl.where(cand, x, float("-inf"))
-        m_new = tl.maximum(m, tl.max(x, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no candidate yet
-        l = l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(x - m_safe[:, None]), 1)
-        m = m_new
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    m_safe, l = _online_normalisers(q, kb_base, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
+                                    R, BN1, D, BD, NSPLIT, IEEE)
     inv_l = tl.where(l > 0, 1.0 / l, 0.0)
 
     # Pass 2: group scores tile by tile, merged into a per-query top-(N-1) buffer of int64 keys.
@@ -138,18 +129,25 @@ def _select_kernel(
                 key = tl.where((key > kth[:, None]) & (key != top[:, None]), key, _NEG)
                 top = tl.max(key, 1)
 
-    # The top N-1 candidates plus the current block (in the first _PAD slot, N-1 < KB), sorted
-    # ascending, -1 padding last.
-    best = ((buf & _LOW_MAX) ^ _LOW_MAX).to(tl.int32)
-    BIG: tl.constexpr = 2**30
-    sel = tl.where((buf >= 0) & (buf != _PAD), best, BIG)
-    sel = tl.where(slot == N - 1, cur_q[:, None], sel)
-    sel = tl.sort(sel, 1)
-    sel = tl.where(sel == BIG, -1, sel)
-    tl.store(
-        out_ptr + b * so_b + t_q[:, None] * so_t + hk * so_h + slot,
-        sel, mask=(t_q < T)[:, None] & (slot < N),
-    )
+    _store_selection(out_ptr, buf, slot, cur_q, t_q, b, hk, T, so_b, so_t, so_h, N, KB)
+
+
+@triton.jit
+def _online_normalisers(q, kb_base, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
+                        R: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                        NSPLIT: tl.constexpr, IEEE: tl.constexpr):
+    """Per-row (max, sum of exp2(logit - max)) over the candidates c < cur_row, online (log2 domain)."""
+    m = tl.full((R,), float("-inf"), tl.float32)
+    l = tl.zeros((R,), tl.float32)
+    for c0 in range(0, c_end, BN):
+        x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN, D, BD, NSPLIT, IEEE) * scale2
+        cand = ((c0 + tl.arange(0, BN))[None, :] < cur_row[:, None]) & row_ok[:, None]
+        x = tl.where(cand, x, float("-inf"))
+        m_new = tl.maximum(m, tl.max(x, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no candidate yet
+        l = l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(x - m_safe[:, None]), 1)
+        m = m_new
+    return tl.where(m == float("-inf"), 0.0, m), l
 
 
 @triton.jit
@@ -165,6 +163,122 @@ def _score_keys(q, kb_base, c0, NBF, skb_n, skb_part, m_safe, inv_l, cur_row, ro
     bits = score.to(tl.int32, bitcast=True).to(tl.int64)
     key = (bits << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
     return tl.where(blk[None, :] < cur_q[:, None], key, EMPTY)
+
+
+# ------------------------------------------------------------------------------------------------
+# Version 3 (KERNEL = "v3"): version 1 with a shorter per-logit path, at version 1's register count.
+#  - FIXED_SHIFT: pass 1 needs no running maximum. Any shift m >= every logit of a row gives the same
+#    softmax, and Cauchy-Schwarz gives one before the scan: |q . kbar_c| <= |q| max_c |kbar_c|. Each
+#    logit then costs one FMA, one exp2 and one add (no row max, no rescaling exp, and a shorter
+#    MMA -> exp dependency chain). If the bound is so loose that the row's sum falls below 2^-40
+#    (logits far below their Cauchy-Schwarz bound, possible for trained models with large norms),
+#    the program recomputes the normalisers with the online maximum of version 1, so precision never
+#    depends on the bound.
+#  - UNIFORM (when BQ divides s): every query of a program lies in one s-token block and shares the
+#    candidate set c < c_cur, so only the last, partial tile needs a candidate mask.
+#  - The scale is folded into the exp argument (one FMA per logit).
+# Version 2's single K = NSPLIT * d product is not used: it keeps q twice in registers (+60 per
+# thread), which cost a third of the occupancy.
+# ------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _select_kernel_v3(
+    q_ptr, kb_ptr, kn_ptr, out_ptr,
+    T, HK, NBF,
+    sq_b, sq_t, sq_h,
+    skb_b, skb_h, skb_part, skb_n,
+    so_b, so_t, so_h,
+    scale2,
+    S: tl.constexpr, N: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
+    D: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, BN1: tl.constexpr,
+    NSPLIT: tl.constexpr, IEEE: tl.constexpr, UNIFORM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
+    UNIFORM_PASS2: tl.constexpr,
+):
+    pid_q = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first: a short grid tail
+    bh = tl.program_id(1)
+    b = (bh // HK).to(tl.int64)
+    hk = bh % HK
+    R: tl.constexpr = BQ * GP
+
+    rows = tl.arange(0, R)
+    t_row = pid_q * BQ + rows // GP
+    g_row = rows % GP
+    row_ok = (t_row < T) & (g_row < G)
+    cur_row = t_row // S
+    offs_d = tl.arange(0, BD)
+    q = tl.load(
+        q_ptr + b * sq_b + t_row[:, None] * sq_t + (hk * G + g_row)[:, None] * sq_h + offs_d[None, :],
+        mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0,
+    )
+    kb_base = kb_ptr + b * skb_b + hk * skb_h
+    t_last = tl.minimum(pid_q * BQ + BQ - 1, T - 1)
+    c_end = t_last // S
+    if UNIFORM:
+        c_full = (c_end // BN1) * BN1  # tiles below c_full hold candidates of every row
+    else:
+        c_full = 0
+
+    # Pass 1: per-row normalisers l = sum_c exp2(x_c - m), x = logit * scale * log2(e).
+    if FIXED_SHIFT:
+        qf = q.to(tl.float32)
+        m = tl.sqrt(tl.sum(qf * qf, 1)) * tl.load(kn_ptr + bh)  # kn = |scale2| max_c |kbar_c|, padded
+        l = tl.zeros((R,), tl.float32)
+        for c0 in range(0, c_full, BN1):
+            x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE)
+            l += tl.sum(tl.exp2(x * scale2 - m[:, None]), 1)
+        for c0 in range(c_full, c_end, BN1):
+            x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE)
+            cand = ((c0 + tl.arange(0, BN1))[None, :] < cur_row[:, None]) & row_ok[:, None]
+            l += tl.sum(tl.where(cand, tl.exp2(x * scale2 - m[:, None]), 0.0), 1)
+        loose = row_ok & (cur_row > 0) & (l < 2.0 ** -40)
+        if tl.max(loose.to(tl.int32)) > 0:
+            m, l = _online_normalisers(q, kb_base, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
+                                       R, BN1, D, BD, NSPLIT, IEEE)
+    else:
+        m, l = _online_normalisers(q, kb_base, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
+                                   R, BN1, D, BD, NSPLIT, IEEE)
+    inv_l = tl.where((l > 0) & row_ok, 1.0 / l, 0.0)  # padded heads and rows past T score nothing
+
+    # Pass 2: group scores into the unsorted top-(N-1) buffer by threshold insertion (as version 1).
+    t_q = pid_q * BQ + tl.arange(0, BQ)
+    cur_q = t_q // S
+    slot = tl.arange(0, KB)[None, :]
+    buf = tl.where(slot < N - 1, -1 - slot.to(tl.int64), _PAD) + tl.zeros((BQ, KB), tl.int64)
+    kth = tl.min(buf, 1)
+    if not UNIFORM_PASS2:
+        c_full = 0  # every pass-2 tile masked: the unmasked loop costs ~35 registers (203 vs 168)
+    for c0 in range(0, c_full, BN1):
+        x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE)
+        p = tl.exp2(x * scale2 - m[:, None]) * inv_l[:, None]
+        score = tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1)
+        blk = c0 + tl.arange(0, BN1)
+        key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
+        buf, kth = _insert_keys(buf, kth, key)
+    for c0 in range(c_full, c_end, BN1):
+        x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE)
+        blk = c0 + tl.arange(0, BN1)
+        cand = (blk[None, :] < cur_row[:, None]) & row_ok[:, None]
+        p = tl.where(cand, tl.exp2(x * scale2 - m[:, None]) * inv_l[:, None], 0.0)
+        score = tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1)
+        key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
+        key = tl.where(blk[None, :] < cur_q[:, None], key, _NEG)
+        buf, kth = _insert_keys(buf, kth, key)
+
+    _store_selection(out_ptr, buf, slot, cur_q, t_q, b, hk, T, so_b, so_t, so_h, N, KB)
+
+
+@triton.jit
+def _store_selection(out_ptr, buf, slot, cur_q, t_q, b, hk, T, so_b, so_t, so_h, N: tl.constexpr, KB: tl.constexpr):
+    """Write the top N-1 blocks of the key buffer plus the current block, ascending, -1 padding last."""
+    best = ((buf & _LOW_MAX) ^ _LOW_MAX).to(tl.int32)
+    BIG: tl.constexpr = 2**30
+    sel = tl.where((buf >= 0) & (buf != _PAD), best, BIG)
+    sel = tl.where(slot == N - 1, cur_q[:, None], sel)  # the first _PAD slot (N-1 < KB)
+    sel = tl.sort(sel, 1)
+    sel = tl.where(sel == BIG, -1, sel)
+    tl.store(out_ptr + b * so_b + t_q[:, None] * so_t + hk * so_h + slot, sel,
+             mask=(t_q < T)[:, None] & (slot < N))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -424,6 +538,9 @@ MERGE_BY_SORT = False
 # replaces Triton's own async-copy pipelining). Fewer instructions did not help once registers passed
 # ~168 per thread (2 instead of 3 programs per SM).
 KERNEL = "v1"
+FIXED_SHIFT = True  # v3: pass-1 shift from the Cauchy-Schwarz bound (else the online max)
+UNIFORM_PASS2 = False  # v3: unmasked pass-2 tiles too (fewer instructions, +35 registers at BN 64)
+MAXNREG = None  # v1/v3: register cap per thread (Triton `maxnreg`), None = the compiler's choice
 PREFETCH = False
 UNIFORM = True
 PROLOGUE = "triton"
@@ -449,6 +566,8 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
     nsplit = 1 if ieee else (2 if q.dtype == torch.bfloat16 else 3)
     if KERNEL == "v2":
         return _select_v2(q, k, block_size, block_count, scale, nsplit, out)
+    if KERNEL == "v3":
+        return _select_v3(q, k, block_size, block_count, scale, nsplit, out)
     kb = block_key_parts(k, block_size, nsplit)
     KB = max(16, next_pow2(block_count))  # > N-1: one spare slot takes the current block
     GP0 = next_pow2(G)
@@ -468,9 +587,13 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
         scale * LOG2E,
         S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BN1,
         NSPLIT=nsplit, IEEE=ieee, MERGE_BY_SORT=MERGE_BY_SORT,
-        num_warps=NUM_WARPS, num_stages=2,
+        num_warps=NUM_WARPS, num_stages=2, **_register_cap(),
     )
     return out
+
+
+def _register_cap() -> dict:
+    return {} if interpreting() or MAXNREG is None else {"maxnreg": MAXNREG}
 
 
 def _launch_shape(G: int, block_count: int, D: int):
@@ -502,5 +625,31 @@ def _select_v2(q, k, block_size, block_count, scale, nsplit, out):
         PREFETCH=PREFETCH, UNIFORM=UNIFORM and block_size % BQ == 0,
         GROUP_MMA=int(GROUP_MMA), MQ=max(16, BQ) if GROUP_MMA else BQ,
         num_warps=NUM_WARPS, num_stages=2,
+    )
+    return out
+
+
+def _select_v3(q, k, block_size, block_count, scale, nsplit, out):
+    B, T, HQ, D = q.shape
+    HK = k.shape[2]
+    G = HQ // HK
+    KB, BQ, GP, BD = _launch_shape(G, block_count, D)
+    kb = block_key_parts(k, block_size, nsplit)  # [B, HK, nsplit, nbf, D]
+    scale2 = scale * LOG2E
+    # The pass-1 shift bound per (batch, KV head): |scale2| max_c |kbar_c| over the parts' sum as the
+    # kernel multiplies it, padded by 2^-8 for the rounding of the products and of the norm itself.
+    kbar = kb.float().sum(2)  # [B, HK, nbf, D]
+    knorm = kbar.norm(dim=-1).amax(-1) if kbar.shape[2] else kbar.new_zeros(B, HK)
+    knorm = (knorm * (abs(scale2) * (1 + 2.0 ** -8))).reshape(B * HK).contiguous()
+    _select_kernel_v3[(triton.cdiv(T, BQ), B * HK)](
+        q, kb, knorm, out,
+        T, HK, kb.shape[3],
+        q.stride(0), q.stride(1), q.stride(2),
+        kb.stride(0), kb.stride(1), kb.stride(2), kb.stride(3),
+        out.stride(0), out.stride(1), out.stride(2),
+        scale2,
+        S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BLOCK_TILE,
+        NSPLIT=nsplit, IEEE=q.dtype == torch.float32, UNIFORM=UNIFORM and block_size % BQ == 0,
+        FIXED_SHIFT=FIXED_SHIFT, UNIFORM_PASS2=UNIFORM_PASS2, num_warps=NUM_WARPS, num_stages=2, **_register_cap(),
     )
     return out
