@@ -22,25 +22,25 @@ from ssa.ops import block_sparse_attention, select_blocks
 from ssa.ops.triton import _attention, _select
 
 OLD = dict(KERNEL="v1")
-V3 = dict(KERNEL="v3", FIXED_SHIFT=True, UNIFORM=True, UNIFORM_PASS2=False)
-SELECT_VARIANTS = {  # run 5 (v3); most important first (the run may be cut short)
+V3 = dict(KERNEL="v3", FIXED_SHIFT=True, UNIFORM=True, UNIFORM_PASS2=False, FLOAT_INSERT=True)
+SELECT_VARIANTS = {  # run 5, call 2 (v3 with float insertion, unmasked loads, Triton prologue)
     "v1": OLD,
-    "v3": V3,
-    "v3_bn32": dict(V3, BLOCK_TILE=32),
-    "v3_bn32_mx96": dict(V3, BLOCK_TILE=32, MAXNREG=96),
-    "v1_bn32": dict(OLD, BLOCK_TILE=32),
-    "v1_mx128": dict(OLD, MAXNREG=128),
-    "v3_mx128": dict(V3, MAXNREG=128),
-    "v3_u2_bn32": dict(V3, UNIFORM_PASS2=True, BLOCK_TILE=32),
-    "v3_u2_bn32_mx128": dict(V3, UNIFORM_PASS2=True, BLOCK_TILE=32, MAXNREG=128),
-    "v3_online": dict(V3, FIXED_SHIFT=False),
-    "v2_bn32": dict(KERNEL="v2", PREFETCH=False, UNIFORM=True, PROLOGUE="triton", GROUP_MMA=0, BLOCK_TILE=32),
+    "v3i_u2_bn32_mx128": dict(V3, FLOAT_INSERT=False, UNIFORM_PASS2=True, BLOCK_TILE=32, MAXNREG=128),  # call-1 best
+    "v3f_u2_bn32_mx128": dict(V3, UNIFORM_PASS2=True, BLOCK_TILE=32, MAXNREG=128),
+    "v3f_bn32": dict(V3, BLOCK_TILE=32),
+    "v3f_bn32_mx96": dict(V3, BLOCK_TILE=32, MAXNREG=96),
+    "v3f_u2_bn32": dict(V3, UNIFORM_PASS2=True, BLOCK_TILE=32),
+    "v3f_u2_bn16": dict(V3, UNIFORM_PASS2=True, BLOCK_TILE=16),
+    "v3f_u2_bn16_mx96": dict(V3, UNIFORM_PASS2=True, BLOCK_TILE=16, MAXNREG=96),
+    "v3f_u2_bn32_mx112": dict(V3, UNIFORM_PASS2=True, BLOCK_TILE=32, MAXNREG=112),
+    "v3f_bn64": dict(V3),
 }
 FWD_VARIANTS = ["v1"]  # the fastest selection variants are appended after the selection sweep
 BEST = {}
+OUTDIR = "."
 DEFAULTS = {name: getattr(_select, name)
             for name in ("KERNEL", "PREFETCH", "UNIFORM", "PROLOGUE", "GROUP_MMA", "NUM_WARPS", "BLOCK_TILE",
-                         "FIXED_SHIFT", "UNIFORM_PASS2", "MAXNREG")}
+                         "FIXED_SHIFT", "UNIFORM_PASS2", "MAXNREG", "FLOAT_INSERT")}
 DEVICE = "cuda"
 
 
@@ -97,6 +97,8 @@ def forward_part(res, lens):
     FWD_VARIANTS.extend(ranked[:2])
     BEST.update(SELECT_VARIANTS[ranked[0]] if ranked else OLD)
     res["best_select"] = ranked[0] if ranked else "v1"
+    with open(f"{OUTDIR}/best_select.json", "w") as f:  # for `ssa bench ... --select-config`
+        json.dump(dict(BEST), f)
     print("selection ranking (sum of time / v1):", [(x, round(rel[x] / len(lens), 3)) for x in ranked], flush=True)
     for row in res["forward"]:
         q, k, v = inputs(row["T"])
@@ -149,20 +151,23 @@ def train_part(res, steps):
     import ssa.ops
 
     best = BEST or V3
-    runs = [("full", "full", OLD, None), ("ssa_v1", "ssa", OLD, None), ("ssa_best_select", "ssa", best, None),
-            ("ssa_best_select_torch_align", "ssa", best, "torch")]
+    # GPT-2's vocabulary (50257) makes the LM-head GEMMs fall back to slow align-1 kernels (call 1
+    # profile): the *_v50304 rows pad it to a multiple of 64 to see the ratio without that.
+    runs = [("full", "full", OLD, None, 50257), ("ssa_v1", "ssa", OLD, None, 50257),
+            ("ssa_best_select", "ssa", best, None, 50257), ("ssa_best_select_torch_align", "ssa", best, "torch", 50257),
+            ("full_v50304", "full", OLD, None, 50304), ("ssa_best_select_v50304", "ssa", best, None, 50304)]
     fused_align = getattr(ssa.ops, "alignment_loss", None)
-    for label, method, settings, align_backend in runs:
+    for label, method, settings, align_backend, vocab in runs:
         use(settings)
         if align_backend:  # the alignment loss as plain PyTorch ops instead of the fused kernels
             if fused_align is None:
                 continue
             ssa.ops.alignment_loss = lambda *a, backend="auto", **kw: fused_align(*a, backend=align_backend, **kw)
-        args = SimpleNamespace(preset="300m", methods=method, seq_len=8192, batch=1, vocab_size=50257, layers=None,
+        args = SimpleNamespace(preset="300m", methods=method, seq_len=8192, batch=1, vocab_size=vocab, layers=None,
                                steps=steps, full_ratio=None, json=None, select_config=None, index_build="fused")
         try:
             out = bench_train_step(args)
-            row = dict(out["rows"][0], label=label, select=settings)
+            row = dict(out["rows"][0], label=label, select=settings, vocab_size=vocab)
         except Exception as err:
             row = {"label": label, "error": f"{type(err).__name__}: {str(err)[:300]}"}
         if fused_align is not None:
@@ -189,8 +194,10 @@ def table(res):
             f"{b}={r[f'bwd_{b}_ms']:.3f}" if f"bwd_{b}_ms" in r else f"{b}=ERR" for b in ("torch", "triton", "fused"))
             + f" | maxdiff triton {r.get('bwd_triton_maxdiff', '-')} fused {r.get('bwd_fused_maxdiff', '-')}")
     print("== train step 300m 8k (ms, median)")
-    full = next((r["step_ms"] for r in res["train"] if r.get("label") == "full" and "step_ms" in r), None)
+    fulls = {r.get("vocab_size", 50257): r["step_ms"] for r in res["train"]
+             if r.get("label", "").startswith("full") and "step_ms" in r}
     for r in res["train"]:
+        full = fulls.get(r.get("vocab_size", 50257))
         if "step_ms" in r:
             print(f"{r['label']}: {r['step_ms']:.1f} ms" + (f" = {r['step_ms'] / full:.3f}x full" if full else "")
                   + f", peak {r['peak_gib']:.1f} GiB")
@@ -209,7 +216,8 @@ def main():
     a = p.parse_args()
     from ssa.commands.bench import environment
 
-    global DEVICE
+    global DEVICE, OUTDIR
+    OUTDIR = a.out
     if a.dry:
         DEVICE = "cpu"
         env = {"device": "cpu (dry run)"}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device session: native kernel tests, then the attention and train-step benchmarks.
-# Usage (repo root, on the GPU machine): OUT=/some/dir bash benchmarks/gpu_run.sh [tests|sweep|bench|all|ab|profile]
+# Usage (repo root, on the GPU machine): OUT=/some/dir bash benchmarks/gpu_run.sh [tests|sweep|bench|all|ab|profile|ab5]
 # ab: native tests (two pytest runs, 45 + 75 s at most), then benchmarks/ab.py (old vs new variants in one
 #     process, the rest of ~288 s).
 set -o pipefail
@@ -23,20 +23,23 @@ if [ "$what" = ab ]; then
   grep -E "passed|failed|rc=" "$OUT/tests.txt" | tail -4
   exit 0
 fi
-if [ "$what" = profile ]; then
-  # Run 5: native tests of the new selection variants, Nsight Compute on the selection kernels,
-  # torch.profiler of the train step, then the variant A/B (benchmarks/ab.py). ~540 s at most.
-  timeout 100 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_alignment_loss.py \
-    -k "v3 or select or align" -rfE > "$OUT/tests.txt" 2>&1; echo "tests rc=$?" >> "$OUT/tests.txt"
+if [ "$what" = profile ] || [ "$what" = ab5 ]; then
+  # Run 5. profile (call 1): native tests of the new selection variants, Nsight Compute on the
+  # selection kernels, torch.profiler of the train step, then the variant A/B (benchmarks/ab.py).
+  # ab5 (call 2): native tests, then the A/B alone. ~560 s at most.
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_alignment_loss.py \
+    -k "v3 or align or ties or (select and matches)" -rfE > "$OUT/tests.txt" 2>&1; echo "tests rc=$?" >> "$OUT/tests.txt"
   tail -3 "$OUT/tests.txt"
-  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-  SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section InstructionStats"
-  for v in v1:'{"KERNEL":"v1"}' v3_bn32:'{"KERNEL":"v3","BLOCK_TILE":32}'; do
-    timeout 60 "$NCU" --clock-control none $SECTIONS -k regex:_select_kernel --launch-skip 1 --launch-count 1 \
-      python3 benchmarks/ncu_select.py 32768 "${v#*:}" > "$OUT/ncu_${v%%:*}.txt" 2>&1
-    grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Executed Ipc A" "$OUT/ncu_${v%%:*}.txt" | head -12
-  done
-  timeout 90 python3 benchmarks/profile_step.py "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.txt" | tail -40
+  if [ "$what" = profile ]; then
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section InstructionStats"
+    for v in v1:'{"KERNEL":"v1"}' v3_bn32:'{"KERNEL":"v3","BLOCK_TILE":32}'; do
+      timeout 60 "$NCU" --clock-control none $SECTIONS -k regex:_select_kernel --launch-skip 1 --launch-count 1 \
+        python3 benchmarks/ncu_select.py 32768 "${v#*:}" > "$OUT/ncu_${v%%:*}.txt" 2>&1
+      grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Executed Ipc A" "$OUT/ncu_${v%%:*}.txt" | head -12
+    done
+    timeout 90 python3 benchmarks/profile_step.py "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.txt" | tail -40
+  fi
   left=$((560 - SECONDS)); echo "ab gets ${left}s"
   timeout $left python3 benchmarks/ab.py "$OUT" 2>&1 | tee "$OUT/ab.txt" | grep -v "^{"
   exit 0

@@ -86,17 +86,19 @@ VARIANTS = [
     ("v2 bn32", V2, {**_V2, "BN1": 32}, {}),
 ]
 V3 = _select._select_kernel_v3
-_V3 = dict(UNIFORM=True, FIXED_SHIFT=True, UNIFORM_PASS2=False)
+_V3 = dict(UNIFORM=True, FIXED_SHIFT=True, UNIFORM_PASS2=False, FLOAT_INSERT=True)
 VARIANTS += [
     ("v3", V3, _V3, {}),
-    ("v3 maxnreg 128", V3, _V3, {"maxnreg": 128}),
     ("v3 bn32", V3, {**_V3, "BN1": 32}, {}),
     ("v3 bn32 maxnreg 96", V3, {**_V3, "BN1": 32}, {"maxnreg": 96}),
-    ("v3 uniform pass 2", V3, {**_V3, "UNIFORM_PASS2": True}, {}),
-    ("v3 bn32 uniform pass 2", V3, {**_V3, "UNIFORM_PASS2": True, "BN1": 32}, {}),
-    ("v3 online max", V3, {**_V3, "FIXED_SHIFT": False}, {}),
-    ("v1 maxnreg 128", V1, dict(MERGE_BY_SORT=False), {"maxnreg": 128}),
-    ("v1 bn32", V1, dict(MERGE_BY_SORT=False, BN1=32), {}),
+    ("v3 bn32 u2", V3, {**_V3, "UNIFORM_PASS2": True, "BN1": 32}, {}),
+    ("v3 bn32 u2 maxnreg 128", V3, {**_V3, "UNIFORM_PASS2": True, "BN1": 32}, {"maxnreg": 128}),
+    ("v3 bn32 u2 maxnreg 96", V3, {**_V3, "UNIFORM_PASS2": True, "BN1": 32}, {"maxnreg": 96}),
+    ("v3 u2", V3, {**_V3, "UNIFORM_PASS2": True}, {}),
+    ("v3 u2 maxnreg 128", V3, {**_V3, "UNIFORM_PASS2": True}, {"maxnreg": 128}),
+    ("v3 bn16 u2", V3, {**_V3, "UNIFORM_PASS2": True, "BN1": 16}, {}),
+    ("v3 int64 bn32 u2 maxnreg 128 (call 1 best)", V3, {**_V3, "UNIFORM_PASS2": True, "BN1": 32, "FLOAT_INSERT": False},
+     {"maxnreg": 128}),
 ]
 
 if __name__ == "__main__":

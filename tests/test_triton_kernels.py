@@ -446,14 +446,17 @@ def test_select_v2_benchmark_shape(monkeypatch, group_mma, block_tile, warps):
     assert mismatched <= 30
 
 
-@pytest.mark.parametrize("fixed_shift,rows,block_tile", [(True, 16, 16), (False, 16, 16), (True, 128, 64)])
-def test_select_v3_matches_reference(monkeypatch, fixed_shift, rows, block_tile):
+@pytest.mark.parametrize("fixed_shift,rows,block_tile,float_insert,uniform2", [
+    (True, 16, 16, True, False), (False, 16, 16, False, False), (True, 128, 64, True, False),
+    (True, 16, 16, True, True), (True, 16, 16, False, True)])
+def test_select_v3_matches_reference(monkeypatch, fixed_shift, rows, block_tile, float_insert, uniform2):
     # rows=16: 4 queries per program at G=4, block-uniform at s=4 (unmasked tiles + a masked tail);
     # rows=128 at s=4 is not block-uniform (every tile masked). The cases cover padded groups,
     # fp16's three-part keys and T % s != 0.
     from ssa.ops.triton import _select
 
-    for name, value in dict(KERNEL="v3", FIXED_SHIFT=fixed_shift, ROWS=rows, BLOCK_TILE=block_tile).items():
+    for name, value in dict(KERNEL="v3", FIXED_SHIFT=fixed_shift, ROWS=rows, BLOCK_TILE=block_tile,
+                            FLOAT_INSERT=float_insert, UNIFORM_PASS2=uniform2).items():
         monkeypatch.setattr(_select, name, value)
     for B, T, HQ, HK, D, s, n, dtype in [(1, 200, 8, 2, 32, 4, 7, torch.float32),
                                          (2, 150, 4, 1, 64, 4, 5, torch.bfloat16),
@@ -486,12 +489,13 @@ def test_select_v3_loose_shift_bound_falls_back(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="launch shape of the benchmark: too slow to interpret")
-@pytest.mark.parametrize("fixed_shift,block_tile,maxnreg", [(True, 64, None), (True, 32, None), (False, 64, None),
-                                                            (True, 64, 128)])
-def test_select_v3_benchmark_shape(monkeypatch, fixed_shift, block_tile, maxnreg):
+@pytest.mark.parametrize("block_tile,maxnreg,float_insert,uniform2", [
+    (32, 128, True, True), (32, 96, True, False), (64, None, False, False), (32, 128, False, True)])
+def test_select_v3_benchmark_shape(monkeypatch, block_tile, maxnreg, float_insert, uniform2):
     from ssa.ops.triton import _select
 
-    for name, value in dict(KERNEL="v3", FIXED_SHIFT=fixed_shift, BLOCK_TILE=block_tile, MAXNREG=maxnreg).items():
+    for name, value in dict(KERNEL="v3", BLOCK_TILE=block_tile, MAXNREG=maxnreg, FLOAT_INSERT=float_insert,
+                            UNIFORM_PASS2=uniform2).items():
         monkeypatch.setattr(_select, name, value)
     q, k, _ = _qkv(1, 3000, 16, 1, 64, torch.bfloat16, seed=7)
     got = _select.select_blocks(q, k, 16, 16, 0.125)

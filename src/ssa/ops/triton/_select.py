@@ -44,15 +44,20 @@ _PAD = tl.constexpr(2**62)  # buffer slots beyond N-1: above every key, so never
 @triton.jit
 def _kbar_logits(q, kb_base, c0, NBF, stride_n, stride_part,
                  BN: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
-                 NSPLIT: tl.constexpr, IEEE: tl.constexpr):
-    """q [R, BD] @ kbar[c0:c0+BN]^T, summing the NSPLIT precision parts; fp32 [R, BN]."""
+                 NSPLIT: tl.constexpr, IEEE: tl.constexpr, EVEN: tl.constexpr = False):
+    """q [R, BD] @ kbar[c0:c0+BN]^T, summing the NSPLIT precision parts; fp32 [R, BN].
+
+    EVEN: the caller guarantees c0 + BN <= NBF and BD == D, so the loads need no mask (a compare
+    per loaded element less on the integer pipe, which bounds the selection kernel)."""
     offs_c = c0 + tl.arange(0, BN)
     offs_d = tl.arange(0, BD)
     ptrs = kb_base + offs_c[None, :] * stride_n + offs_d[:, None]
-    mask = (offs_c < NBF)[None, :] & (offs_d < D)[:, None]
     acc = tl.zeros((q.shape[0], BN), dtype=tl.float32)
     for part in tl.static_range(NSPLIT):
-        kt = tl.load(ptrs + part * stride_part, mask=mask, other=0.0)
+        if EVEN:
+            kt = tl.load(ptrs + part * stride_part)
+        else:
+            kt = tl.load(ptrs + part * stride_part, mask=(offs_c < NBF)[None, :] & (offs_d < D)[:, None], other=0.0)
         acc = mma(q, kt, acc, IEEE)
     return acc
 
@@ -193,7 +198,7 @@ def _select_kernel_v3(
     S: tl.constexpr, N: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
     D: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, BN1: tl.constexpr,
     NSPLIT: tl.constexpr, IEEE: tl.constexpr, UNIFORM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
-    UNIFORM_PASS2: tl.constexpr,
+    UNIFORM_PASS2: tl.constexpr, FLOAT_INSERT: tl.constexpr,
 ):
     pid_q = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first: a short grid tail
     bh = tl.program_id(1)
@@ -225,7 +230,7 @@ def _select_kernel_v3(
         m = tl.sqrt(tl.sum(qf * qf, 1)) * tl.load(kn_ptr + bh)  # kn = |scale2| max_c |kbar_c|, padded
         l = tl.zeros((R,), tl.float32)
         for c0 in range(0, c_full, BN1):
-            x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE)
+            x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE, BD == D)
             l += tl.sum(tl.exp2(x * scale2 - m[:, None]), 1)
         for c0 in range(c_full, c_end, BN1):
             x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE)
@@ -249,23 +254,64 @@ def _select_kernel_v3(
     if not UNIFORM_PASS2:
         c_full = 0  # every pass-2 tile masked: the unmasked loop costs ~35 registers (203 vs 168)
     for c0 in range(0, c_full, BN1):
-        x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE)
+        x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE, BD == D)
         p = tl.exp2(x * scale2 - m[:, None]) * inv_l[:, None]
         score = tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1)
         blk = c0 + tl.arange(0, BN1)
-        key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
-        buf, kth = _insert_keys(buf, kth, key)
+        if FLOAT_INSERT:
+            buf, kth = _insert_scores(buf, kth, score, blk)
+        else:
+            key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
+            buf, kth = _insert_keys(buf, kth, key)
     for c0 in range(c_full, c_end, BN1):
         x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE)
         blk = c0 + tl.arange(0, BN1)
         cand = (blk[None, :] < cur_row[:, None]) & row_ok[:, None]
         p = tl.where(cand, tl.exp2(x * scale2 - m[:, None]) * inv_l[:, None], 0.0)
         score = tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1)
-        key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
-        key = tl.where(blk[None, :] < cur_q[:, None], key, _NEG)
-        buf, kth = _insert_keys(buf, kth, key)
+        if FLOAT_INSERT:
+            buf, kth = _insert_scores(buf, kth, tl.where(blk[None, :] < cur_q[:, None], score, -2.0), blk)
+        else:
+            key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
+            key = tl.where(blk[None, :] < cur_q[:, None], key, _NEG)
+            buf, kth = _insert_keys(buf, kth, key)
 
     _store_selection(out_ptr, buf, slot, cur_q, t_q, b, hk, T, so_b, so_t, so_h, N, KB)
+
+
+@triton.jit
+def _key_score(kth):
+    """The float32 score held in a key's high word; -1 for the negative fillers of empty slots."""
+    return tl.where(kth >= 0, (kth >> 32).to(tl.int32).to(tl.float32, bitcast=True), -1.0)
+
+
+@triton.jit
+def _insert_scores(buf, kth, score, blk):
+    """Threshold insertion of a tile of float32 group scores [BQ, BN] (non-candidates < 0) of blocks
+    blk [BN] into the int64 key buffer: the exact result of `_insert_keys`, with float32 work per
+    element instead of int64 (Nsight Compute: version 1 is bound by the integer ALU pipe).
+
+    Only entries with score >= the K-th best score can enter (equal scores may still lose on the
+    block). Each round takes, per query, the largest remaining score and its lowest block, turns that
+    one entry into its exact int64 key, inserts it if it beats the K-th best key, and drops it from
+    the tile, so every round removes one entry per still-active query and the loop ends.
+    """
+    kth_s = _key_score(kth)
+    s = tl.where(score >= kth_s[:, None], score, -2.0)
+    top = tl.max(s, 1)
+    active = (top >= 0) & (top >= kth_s)
+    while tl.max(active.to(tl.int32)) > 0:
+        b_top = tl.min(tl.where(s == top[:, None], blk[None, :], 2**30), 1)
+        key = (top.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (b_top ^ _LOW_MAX).to(tl.int64)
+        put = active & (key > kth)
+        buf = tl.where((buf == kth[:, None]) & put[:, None], key[:, None], buf)
+        kth = tl.min(buf, 1)
+        kth_s = _key_score(kth)
+        taken = (blk[None, :] == b_top[:, None]) & active[:, None]
+        s = tl.where((s >= kth_s[:, None]) & ~taken, s, -2.0)
+        top = tl.max(s, 1)
+        active = (top >= 0) & (top >= kth_s)
+    return buf, kth
 
 
 @triton.jit
@@ -490,6 +536,48 @@ def _kcat_prologue_kernel(
         tl.store(out + part * BD + d, piece)
 
 
+@triton.jit
+def _block_keys_kernel(
+    k_ptr, kb_ptr, kn_ptr, HK,
+    sk_b, sk_t, sk_h, skb_b, skb_h, skb_part, skb_n,
+    factor,
+    S: tl.constexpr, SP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, NSPLIT: tl.constexpr,
+):
+    """kb[b, hk, part, c] = part `part` of the float32 mean of key block c; kn[b * HK + hk] = factor *
+    the largest norm of a block mean (atomic max over the blocks, kn zero on entry)."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // HK).to(tl.int64)
+    hk = bh % HK
+    j = tl.arange(0, SP)
+    d = tl.arange(0, BD)
+    x = tl.load(k_ptr + b * sk_b + (c * S + j)[:, None].to(tl.int64) * sk_t + hk * sk_h + d[None, :],
+                mask=(j < S)[:, None] & (d < D)[None, :], other=0.0)
+    mean = tl.sum(x.to(tl.float32), 0) / S
+    tl.atomic_max(kn_ptr + bh, tl.sqrt(tl.sum(mean * mean, 0)) * factor)
+    out = kb_ptr + b * skb_b + hk * skb_h + c.to(tl.int64) * skb_n + d
+    rest = mean
+    for part in tl.static_range(NSPLIT):
+        piece = rest.to(kb_ptr.dtype.element_ty)
+        tl.store(out + part * skb_part, piece, mask=d < D)
+        rest = rest - piece.to(tl.float32)
+
+
+def block_keys_and_bound(k: torch.Tensor, block_size: int, nsplit: int, factor: float):
+    """The block keys of `block_key_parts` ([B, HK, nsplit, T // s, D], one Triton launch) and
+    factor * max_c |kbar_c| per (batch, KV head) as float32 [B * HK]."""
+    B, T, HK, D = k.shape
+    nbf = T // block_size
+    kb = torch.empty(B, HK, nsplit, nbf, D, dtype=k.dtype, device=k.device)
+    kn = torch.zeros(B * HK, dtype=torch.float32, device=k.device)
+    if B * HK * nbf:
+        _block_keys_kernel[(nbf, B * HK)](
+            k, kb, kn, HK, *k.stride()[:3], kb.stride(0), kb.stride(1), kb.stride(2), kb.stride(3), factor,
+            S=block_size, SP=next_pow2(block_size), D=D, BD=max(16, next_pow2(D)), NSPLIT=nsplit, num_warps=1,
+        )
+    return kb, kn
+
+
 def block_key_cat(k: torch.Tensor, block_size: int, nsplit: int, BD: int, KC: int) -> torch.Tensor:
     """[B, HK, T // s, KC]: the `nsplit` parts of the block means side by side (zero padded)."""
     B, T, HK, D = k.shape
@@ -539,6 +627,7 @@ MERGE_BY_SORT = False
 # ~168 per thread (2 instead of 3 programs per SM).
 KERNEL = "v1"
 FIXED_SHIFT = True  # v3: pass-1 shift from the Cauchy-Schwarz bound (else the online max)
+FLOAT_INSERT = True  # v3: top-k insertion on float32 scores, int64 keys only for the entries inserted
 UNIFORM_PASS2 = False  # v3: unmasked pass-2 tiles too (fewer instructions, +35 registers at BN 64)
 MAXNREG = None  # v1/v3: register cap per thread (Triton `maxnreg`), None = the compiler's choice
 PREFETCH = False
@@ -634,13 +723,10 @@ def _select_v3(q, k, block_size, block_count, scale, nsplit, out):
     HK = k.shape[2]
     G = HQ // HK
     KB, BQ, GP, BD = _launch_shape(G, block_count, D)
-    kb = block_key_parts(k, block_size, nsplit)  # [B, HK, nsplit, nbf, D]
     scale2 = scale * LOG2E
-    # The pass-1 shift bound per (batch, KV head): |scale2| max_c |kbar_c| over the parts' sum as the
-    # kernel multiplies it, padded by 2^-8 for the rounding of the products and of the norm itself.
-    kbar = kb.float().sum(2)  # [B, HK, nbf, D]
-    knorm = kbar.norm(dim=-1).amax(-1) if kbar.shape[2] else kbar.new_zeros(B, HK)
-    knorm = (knorm * (abs(scale2) * (1 + 2.0 ** -8))).reshape(B * HK).contiguous()
+    # The pass-1 shift bound per (batch, KV head) is |scale2| max_c |kbar_c|, padded by 2^-8 for the
+    # rounding of the products (the parts sum to kbar within 2^-16) and of the norm itself.
+    kb, knorm = block_keys_and_bound(k, block_size, nsplit, abs(scale2) * (1 + 2.0 ** -8))
     _select_kernel_v3[(triton.cdiv(T, BQ), B * HK)](
         q, kb, knorm, out,
         T, HK, kb.shape[3],
@@ -650,6 +736,6 @@ def _select_v3(q, k, block_size, block_count, scale, nsplit, out):
         scale2,
         S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BLOCK_TILE,
         NSPLIT=nsplit, IEEE=q.dtype == torch.float32, UNIFORM=UNIFORM and block_size % BQ == 0,
-        FIXED_SHIFT=FIXED_SHIFT, UNIFORM_PASS2=UNIFORM_PASS2, num_warps=NUM_WARPS, num_stages=2, **_register_cap(),
+        FIXED_SHIFT=FIXED_SHIFT, UNIFORM_PASS2=UNIFORM_PASS2, FLOAT_INSERT=FLOAT_INSERT, num_warps=NUM_WARPS, num_stages=2, **_register_cap(),
     )
     return out
