@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device session: native kernel tests, then the attention and train-step benchmarks.
-# Usage (repo root, on the GPU machine): OUT=/some/dir bash benchmarks/gpu_run.sh [tests|sweep|bench|all|ab|profile|ab5]
+# Usage (repo root, on the GPU machine): OUT=/some/dir bash benchmarks/gpu_run.sh [tests|sweep|bench|all|ab|profile|ab5|final]
 # ab: native tests (two pytest runs, 45 + 75 s at most), then benchmarks/ab.py (old vs new variants in one
 #     process, the rest of ~288 s).
 set -o pipefail
@@ -42,6 +42,21 @@ if [ "$what" = profile ] || [ "$what" = ab5 ]; then
   fi
   left=$((560 - SECONDS)); echo "ab gets ${left}s"
   timeout $left python3 benchmarks/ab.py "$OUT" 2>&1 | tee "$OUT/ab.txt" | grep -v "^{"
+  exit 0
+fi
+if [ "$what" = final ]; then
+  # Run 5, call 3: the defaults after the A/B. Native tests of selection (both kernels) and of the
+  # alignment loss, `ssa bench attention`, `ssa bench train-step` (GPT-2 vocabulary and padded to
+  # 50304), and the step profile. ~580 s at most.
+  timeout 140 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py tests/test_alignment_loss.py \
+    -k "select or v3 or ties or align" -rfE > "$OUT/tests.txt" 2>&1; echo "tests rc=$?" >> "$OUT/tests.txt"
+  tail -3 "$OUT/tests.txt"
+  timeout 170 python3 -m ssa.cli bench attention --json "$OUT/attention.json" 2>&1 | tee "$OUT/attention.txt" | grep -v "^{"
+  timeout 120 python3 -m ssa.cli bench train-step --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.txt" | grep -v "^[{#]"
+  timeout 70 python3 -m ssa.cli bench train-step --methods full,ssa --vocab-size 50304 --windows 3 \
+    --json "$OUT/train_step_v50304.json" 2>&1 | tee "$OUT/train_step_v50304.txt" | grep -v "^[{#]"
+  left=$((585 - SECONDS)); echo "profile gets ${left}s"
+  timeout $left python3 benchmarks/profile_step.py "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.txt" | tail -32
   exit 0
 fi
 if [ "$what" != bench ]; then

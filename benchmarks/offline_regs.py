@@ -78,12 +78,8 @@ def main(argv):
 
 
 V1 = _select._select_kernel
-V2 = _select._select_kernel_v2
-_V2 = dict(KC=128, PREFETCH=False, UNIFORM=True, GROUP_MMA=0, MQ=8)
 VARIANTS = [
     ("v1", V1, dict(MERGE_BY_SORT=False), {}),
-    ("v2", V2, _V2, {}),
-    ("v2 bn32", V2, {**_V2, "BN1": 32}, {}),
 ]
 V3 = _select._select_kernel_v3
 _V3 = dict(UNIFORM=True, FIXED_SHIFT=True, UNIFORM_PASS2=False, FLOAT_INSERT=True)

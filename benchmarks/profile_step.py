@@ -25,7 +25,7 @@ GROUPS = [
     ("sparse attn dq + index counts (triton)", r"^_dq_kernel"),
     ("sparse attn dk/dv (triton)", r"^_dkdv_kernel"),
     ("inverted index (triton)", r"_scan_kernel|_scatter|_items_kernel|_count_kernel"),
-    ("alignment (triton)", r"_align"),
+    ("alignment (triton)", r"^_align"),
     ("SDPA flash fwd/bwd", r"flash|fmha|cudnn|attention"),
     ("matmul", r"gemm|cutlass|xmma|nvjet|sm90_|cublas|wgmma"),
     ("optimizer", r"multi_tensor|adam|Adam|foreach"),

@@ -85,8 +85,17 @@ SELECT_CASES = [
 ]
 
 
+@pytest.fixture(params=["v3", "v1"])
+def select_kernel(request, monkeypatch):
+    """Run a selection test with each kernel version (v3 is the default, v1 the plain form)."""
+    from ssa.ops.triton import _select
+
+    monkeypatch.setattr(_select, "KERNEL", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("B,T,HQ,HK,D,s,n,dtype", SELECT_CASES)
-def test_select_blocks_matches_reference(B, T, HQ, HK, D, s, n, dtype):
+def test_select_blocks_matches_reference(B, T, HQ, HK, D, s, n, dtype, select_kernel):
     q, k, _ = _qkv(B, T, HQ, HK, D, dtype, seed=T + n)
     scale = D ** -0.5
     got = tri.select_blocks(q, k, s, n, scale)
@@ -104,7 +113,7 @@ def test_select_blocks_matches_reference(B, T, HQ, HK, D, s, n, dtype):
     "tile columns (dot-product accumulation order), so 'ties' are decided by rounding (t=45 of seed 0 "
     "picks blocks 1,3,5,7,9); see benchmarks/debug_ties.py and RESULTS.md",
 )
-def test_select_blocks_ties_go_to_lower_block():
+def test_select_blocks_ties_go_to_lower_block(select_kernel):
     # Identical keys: every candidate block has exactly the same score, so the exact top-k is the
     # lowest block ids plus the own block. Checked against that closed form and against the
     # reference run on the CPU (on a GPU the reference's own cuBLAS/softmax rounding is not part of
@@ -313,6 +322,7 @@ def test_select_blocks_sort_merge_variant_matches(monkeypatch):
     # The alternative top-k maintenance (bitonic sort-merge per tile) must give the same answer.
     from ssa.ops.triton import _select
 
+    monkeypatch.setattr(_select, "KERNEL", "v1")  # the sort-merge is a version-1 setting
     q, k, _ = _qkv(1, 200, 4, 1, 32, torch.float32, seed=9)
     default = tri.select_blocks(q, k, 4, 7, 32 ** -0.5)
     monkeypatch.setattr(_select, "MERGE_BY_SORT", True)
@@ -392,26 +402,6 @@ def test_bench_command_needs_a_gpu(capsys):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prefetch,uniform,prologue,group_mma", [
-    (False, True, "triton", 2), (True, False, "torch", 0), (True, True, "triton", 1)])
-def test_select_v2_matches_reference(monkeypatch, prefetch, uniform, prologue, group_mma):
-    # Small launch shape so that a program sees several full tiles and a masked tail: 4 queries per
-    # program (block-uniform at s=4), 16-block tiles over 50 blocks.
-    from ssa.ops.triton import _select
-
-    for name, value in dict(KERNEL="v2", PREFETCH=prefetch, UNIFORM=uniform, PROLOGUE=prologue,
-                            GROUP_MMA=group_mma, ROWS=16, BLOCK_TILE=16).items():
-        monkeypatch.setattr(_select, name, value)
-    cases = {0: [(1, 200, 8, 2, 32, 4, 7, torch.float32)],
-             1: [(2, 150, 4, 1, 64, 4, 5, torch.bfloat16)],
-             2: [(2, 150, 4, 1, 64, 4, 5, torch.bfloat16), (1, 131, 6, 2, 32, 8, 4, torch.float16)]}[group_mma]
-    for B, T, HQ, HK, D, s, n, dtype in cases:
-        q, k, _ = _qkv(B, T, HQ, HK, D, dtype, seed=T)
-        got = _select.select_blocks(q, k, s, n, D ** -0.5)
-        G = HQ // HK
-        _check_selection(got, q, k, s, n, D ** -0.5, G * (2e-6 if dtype == torch.float32 else 2e-5))
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_index_build_backward(monkeypatch, dtype):
     # The dq kernel counts the selections; scan and scatter+items kernels build the index. Tiny
@@ -429,21 +419,6 @@ def test_fused_index_build_backward(monkeypatch, dtype):
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), got, want):
         _close(name, a, b, **tol)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="launch shape of the benchmark: too slow to interpret")
-@pytest.mark.parametrize("group_mma,block_tile,warps", [(0, 64, 4), (1, 64, 4), (2, 64, 4), (0, 32, 4)])
-def test_select_v2_benchmark_shape(monkeypatch, group_mma, block_tile, warps):
-    # G=16, s=16, n=16 at the default launch shape (8 queries x 16 heads per program, block-uniform):
-    # full tiles, the masked tail and the MMA group sums as compiled for the GPU.
-    from ssa.ops.triton import _select
-
-    for name, value in dict(KERNEL="v2", GROUP_MMA=group_mma, BLOCK_TILE=block_tile, NUM_WARPS=warps).items():
-        monkeypatch.setattr(_select, name, value)
-    q, k, _ = _qkv(1, 3000, 16, 1, 64, torch.bfloat16, seed=group_mma)
-    got = _select.select_blocks(q, k, 16, 16, 0.125)
-    mismatched = _check_selection(got, q, k, 16, 16, 0.125, 16 * 2e-5)
-    assert mismatched <= 30
 
 
 @pytest.mark.parametrize("fixed_shift,rows,block_tile,float_insert,uniform2", [

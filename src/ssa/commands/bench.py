@@ -47,7 +47,8 @@ def add_arguments(parser) -> None:
     t.add_argument("--batch", type=int, default=1)
     t.add_argument("--vocab-size", type=int, default=50257)
     t.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
-    t.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
+    t.add_argument("--steps", type=int, default=10, help="steps per timing window (after 3 warm-up steps)")
+    t.add_argument("--windows", type=int, default=5, help="timing windows per method, interleaved across methods")
     t.add_argument("--full-ratio", type=float, default=None,
                    help="SSA mode draw; default: the preset's (the step cost does not depend on it: "
                         "both streams run every step)")
@@ -55,7 +56,7 @@ def add_arguments(parser) -> None:
     t.add_argument("--select-config", default=None, help="as for `ssa bench attention`")
     t.add_argument("--index-build", choices=("torch", "triton", "fused"), default=None,
                    help="how the backward builds its inverted index (default: the library's)")
-    t.add_argument("--select-kernel", choices=("v1", "v2", "v3"), default=None,
+    t.add_argument("--select-kernel", choices=("v1", "v3"), default=None,
                    help="selection kernel version (default: the library's)")
 
 
@@ -298,38 +299,69 @@ def bench_train_step(args) -> dict:
     shape = preset_shape(args.preset, args.layers, args.full_ratio, args.seq_len)
     env = environment()
     print(f"# {env}\n# preset={args.preset} seq_len={args.seq_len} batch={args.batch} {shape}", flush=True)
-    rows = []
-    for method in args.methods.split(","):
+    # All methods live side by side and their timing windows interleave, so drift of the clocks or
+    # of the host hits every method alike. A window is `steps` back-to-back steps with no host sync
+    # inside (as in training, where the host queues ahead of the GPU); the per-step figure is the
+    # median over windows of window time / steps. `synced_step_ms` is the older per-step median with
+    # a sync after every step, which also counts host launch latency at the start of each step.
+    methods = args.methods.split(",")
+    runs = {}
+    for method in methods:
         step, model = training_step(method, shape, args.vocab_size, args.batch, args.seq_len)
         for _ in range(3):
             step()
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(args.steps):
+        runs[method] = {"step": step, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                        "windows": [], "synced": [], "peak_gib": 0.0}
+        del model
+    for _ in range(args.windows):
+        for method in methods:
+            run = runs[method]
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            step()
+            for _ in range(args.steps):
+                run["step"]()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end))
-        times.sort()
+            run["windows"].append(start.elapsed_time(end) / args.steps)
+            for _ in range(3):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                run["step"]()
+                b.record()
+                b.synchronize()
+                run["synced"].append(a.elapsed_time(b))
+            # Peak of this window over what is allocated between steps (weights, grads, AdamW state
+            # of every model held here), so each method's figure is its own step's.
+            run["peak_gib"] = max(run["peak_gib"], torch.cuda.max_memory_allocated() / 2**30)
+    rows = []
+    resident = torch.cuda.memory_allocated() / 2**30
+    for method in methods:
+        run = runs.pop(method)
+        windows, synced = sorted(run["windows"]), sorted(run["synced"])
         row = {
             "method": method,
-            "step_ms": times[len(times) // 2],
-            "min_ms": times[0],
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "step_ms": windows[len(windows) // 2],
+            "min_ms": windows[0],
+            "max_ms": windows[-1],
+            "synced_step_ms": synced[len(synced) // 2],
+            "peak_gib_all_models": run["peak_gib"],
+            "params_m": run["params_m"],
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del model, step
-        torch.cuda.empty_cache()
+        del run
+    torch.cuda.empty_cache()
+    print(f"# memory resident for all {len(methods)} models between steps: {resident:.1f} GiB", flush=True)
     base = next((r["step_ms"] for r in rows if r["method"] == "full"), None)
-    print("\n| method | step ms (median) | vs full | peak GiB | params M |")
-    print("|---|---|---|---|---|")
+    print(f"\n| method | step ms (median of {args.windows} windows x {args.steps} steps) | min-max | vs full "
+          "| synced step ms | params M |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['step_ms'] / base:.3f}" if base else "-"
-        print(f"| {r['method']} | {r['step_ms']:.1f} | {ratio} | {r['peak_gib']:.1f} | {r['params_m']:.0f} |")
+        print(f"| {r['method']} | {r['step_ms']:.1f} | {r['min_ms']:.1f}-{r['max_ms']:.1f} | {ratio} "
+              f"| {r['synced_step_ms']:.1f} | {r['params_m']:.0f} |")
     return {"env": env, "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "shape": shape,
             "rows": rows, "time": time.strftime("%Y-%m-%d %H:%M:%S")}

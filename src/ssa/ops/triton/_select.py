@@ -25,6 +25,13 @@ The block keys (means of k) are precomputed in float32 and split into a sum of N
 parts (hi + lo), so two bf16 tensor-core products give the logits to about 2^-16 relative accuracy
 instead of the 2^-8 of a single bf16 rounding: the ranking then matches the float32 reference except
 between scores that are equal to within float rounding.
+
+Two kernels implement this. `_select_kernel` (version 1) is the plain form described above.
+`_select_kernel_v3` (the default) computes the same answer with less integer work per logit, which
+Nsight Compute showed to be the limit (the ALU pipe at 73%): a pass-1 shift known before the scan
+(no running maximum), no candidate masks on tiles every query may see, top-k insertion on float32
+scores with int64 keys only for the entries inserted, unmasked loads on full tiles, and a register
+cap that fits four programs per SM. Its section below says why each is exact.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, LOG2E, interpreting, mma, next_pow2
+from ._common import LOG2E, interpreting, mma, next_pow2
 
 # Block b is stored as b ^ _LOW_MAX == _LOW_MAX - b in the low word of a key (lower block, larger key).
 _LOW_MAX = tl.constexpr(2**31 - 1)
@@ -327,29 +334,6 @@ def _store_selection(out_ptr, buf, slot, cur_q, t_q, b, hk, T, so_b, so_t, so_h,
              mask=(t_q < T)[:, None] & (slot < N))
 
 
-# ------------------------------------------------------------------------------------------------
-# Version 2 (KERNEL = "v2"): the same algorithm with three changes aimed at the H100 time.
-#  - The precision parts of the block keys are concatenated along the feature axis (one row of
-#    KC = next_pow2(NSPLIT * BD) values per block) and q is repeated NSPLIT times, so one product
-#    with K = NSPLIT * BD gives q . (hi + lo): one load, one shared-memory copy and one MMA per tile
-#    instead of NSPLIT of each.
-#  - PREFETCH: the next tile's block keys are loaded before the current tile is computed, so the L2
-#    latency of the loads overlaps the exp/MMA work (Triton 3.6 does not software-pipeline this loop).
-#  - UNIFORM (when BQ divides S): all queries of a program lie in one s-token block, so they share
-#    the candidate set c < c_cur. Tiles entirely below c_cur need no candidate mask at all; only
-#    the last, partial tile is masked (a column mask).
-# A Triton prologue kernel builds the concatenated keys (block means in float32, hi/lo split) in one
-# launch instead of ~10 PyTorch ops.
-# ------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _kcat_tile(kb_base, c0, NBF, stride_n, BN: tl.constexpr, KC: tl.constexpr):
-    offs_c = c0 + tl.arange(0, BN)
-    offs_k = tl.arange(0, KC)
-    return tl.load(kb_base + offs_c[:, None] * stride_n + offs_k[None, :], mask=(offs_c < NBF)[:, None], other=0.0)
-
-
 @triton.jit
 def _insert_keys(buf, kth, key):
     """Insert the entries of key [BQ, BN] above the K-th best kth [BQ] into the unsorted buffer."""
@@ -362,178 +346,6 @@ def _insert_keys(buf, kth, key):
         key = tl.where((key > kth[:, None]) & (key != top[:, None]), key, _NEG)
         top = tl.max(key, 1)
     return buf, kth
-
-
-@triton.jit
-def _select_kernel_v2(
-    q_ptr, kb_ptr, out_ptr,
-    T, HK, NBF,
-    sq_b, sq_t, sq_h,
-    skb_b, skb_h, skb_n,
-    so_b, so_t, so_h,
-    scale2,
-    S: tl.constexpr, N: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
-    D: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, BN1: tl.constexpr,
-    NSPLIT: tl.constexpr, KC: tl.constexpr, IEEE: tl.constexpr,
-    PREFETCH: tl.constexpr, UNIFORM: tl.constexpr, GROUP_MMA: tl.constexpr, MQ: tl.constexpr,
-):
-    pid_q = tl.num_programs(0) - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // HK).to(tl.int64)
-    hk = bh % HK
-    R: tl.constexpr = BQ * GP
-
-    rows = tl.arange(0, R)
-    t_row = pid_q * BQ + rows // GP
-    g_row = rows % GP
-    row_ok = (t_row < T) & (g_row < G)
-    cur_row = t_row // S
-    # q repeated NSPLIT times along the feature axis (column j multiplies part j // BD of kbar).
-    offs_k = tl.arange(0, KC)
-    dk = offs_k % BD
-    q = tl.load(
-        q_ptr + b * sq_b + t_row[:, None] * sq_t + (hk * G + g_row)[:, None] * sq_h + dk[None, :],
-        mask=row_ok[:, None] & ((dk < D) & (offs_k // BD < NSPLIT))[None, :], other=0.0,
-    )
-    kb_base = kb_ptr + b * skb_b + hk * skb_h
-    t_last = tl.minimum(pid_q * BQ + BQ - 1, T - 1)
-    c_end = t_last // S
-    if UNIFORM:
-        c_full = (c_end // BN1) * BN1  # tiles below c_full hold candidates of every row only
-    else:
-        c_full = 0
-
-    # Pass 1: per-row online softmax normalisers (log2 domain).
-    m = tl.full((R,), float("-inf"), tl.float32)
-    l = tl.zeros((R,), tl.float32)
-    kt = _kcat_tile(kb_base, 0, NBF, skb_n, BN1, KC)
-    for c0 in range(0, c_full, BN1):
-        if PREFETCH:
-            kt_next = _kcat_tile(kb_base, c0 + BN1, NBF, skb_n, BN1, KC)
-        else:
-            kt = _kcat_tile(kb_base, c0, NBF, skb_n, BN1, KC)
-        # Raw logits: the scale is folded into the exp argument (one FMA; max commutes with it).
-        x = mma(q, tl.trans(kt), tl.zeros((R, BN1), tl.float32), IEEE)
-        m_new = tl.maximum(m, tl.max(x, 1) * scale2)
-        l = l * tl.exp2(m - m_new) + tl.sum(tl.exp2(x * scale2 - m_new[:, None]), 1)
-        m = m_new
-        if PREFETCH:
-            kt = kt_next
-    for c0 in range(c_full, c_end, BN1):  # masked tiles: all of them unless UNIFORM, else the tail
-        kt = _kcat_tile(kb_base, c0, NBF, skb_n, BN1, KC)
-        x = mma(q, tl.trans(kt), tl.zeros((R, BN1), tl.float32), IEEE) * scale2
-        cand = ((c0 + tl.arange(0, BN1))[None, :] < cur_row[:, None]) & row_ok[:, None]
-        x = tl.where(cand, x, float("-inf"))
-        m_new = tl.maximum(m, tl.max(x, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        l = l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(x - m_safe[:, None]), 1)
-        m = m_new
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    inv_l = tl.where((l > 0) & row_ok, 1.0 / l, 0.0)  # padded heads and rows past T score nothing
-
-    # Pass 2: threshold insertion into an unsorted top-(N-1) buffer (as version 1). With GROUP_MMA the
-    # group sum is a product with a 0/1 matrix [MQ, R] (MQ = max(16, BQ) rows, those >= BQ empty):
-    # the scores then come out spread over the threads in the MMA layout instead of replicated
-    # across the lanes that held the group, so the int64 key work per thread is several times smaller.
-    qi = tl.arange(0, MQ)
-    q_ok = qi < BQ
-    t_q = pid_q * BQ + qi
-    cur_q = t_q // S
-    slot = tl.arange(0, KB)[None, :]
-    buf = tl.where(slot < N - 1, -1 - slot.to(tl.int64), _PAD) + tl.zeros((MQ, KB), tl.int64)
-    kth = tl.min(buf, 1)
-    kt = _kcat_tile(kb_base, 0, NBF, skb_n, BN1, KC)
-    for c0 in range(0, c_full, BN1):
-        if PREFETCH:
-            kt_next = _kcat_tile(kb_base, c0 + BN1, NBF, skb_n, BN1, KC)
-        else:
-            kt = _kcat_tile(kb_base, c0, NBF, skb_n, BN1, KC)
-        x = mma(q, tl.trans(kt), tl.zeros((R, BN1), tl.float32), IEEE)
-        p = tl.exp2(x * scale2 - m_safe[:, None]) * inv_l[:, None]
-        score = _group_sum(p, BQ, GP, BN1, R, MQ, GROUP_MMA, IEEE)
-        blk = c0 + tl.arange(0, BN1)
-        key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
-        if MQ > BQ:
-            key = tl.where(q_ok[:, None], key, _NEG)
-        buf, kth = _insert_keys(buf, kth, key)
-        if PREFETCH:
-            kt = kt_next
-    for c0 in range(c_full, c_end, BN1):
-        kt = _kcat_tile(kb_base, c0, NBF, skb_n, BN1, KC)
-        x = mma(q, tl.trans(kt), tl.zeros((R, BN1), tl.float32), IEEE) * scale2
-        blk = c0 + tl.arange(0, BN1)
-        cand = (blk[None, :] < cur_row[:, None]) & row_ok[:, None]
-        p = tl.where(cand, tl.exp2(x - m_safe[:, None]) * inv_l[:, None], 0.0)
-        score = _group_sum(p, BQ, GP, BN1, R, MQ, GROUP_MMA, IEEE)
-        key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
-        key = tl.where((blk[None, :] < cur_q[:, None]) & q_ok[:, None], key, _NEG)
-        buf, kth = _insert_keys(buf, kth, key)
-
-    best = ((buf & _LOW_MAX) ^ _LOW_MAX).to(tl.int32)
-    BIG: tl.constexpr = 2**30
-    sel = tl.where((buf >= 0) & (buf != _PAD), best, BIG)
-    sel = tl.where(slot == N - 1, cur_q[:, None], sel)
-    sel = tl.sort(sel, 1)
-    sel = tl.where(sel == BIG, -1, sel)
-    tl.store(
-        out_ptr + b * so_b + t_q[:, None] * so_t + hk * so_h + slot,
-        sel, mask=((t_q < T) & q_ok)[:, None] & (slot < N),
-    )
-
-
-@triton.jit
-def _group_sum(p, BQ: tl.constexpr, GP: tl.constexpr, BN: tl.constexpr, R: tl.constexpr, MQ: tl.constexpr,
-               GROUP_MMA: tl.constexpr, IEEE: tl.constexpr):
-    """[MQ, BN] sums of p [R = BQ * GP, BN] over each query's GP rows (rows >= BQ are zero)."""
-    if GROUP_MMA == 1 or (GROUP_MMA > 0 and IEEE):
-        gm = ((tl.arange(0, R) // GP)[None, :] == tl.arange(0, MQ)[:, None]).to(tl.float32)
-        if INTERPRET:
-            return tl.dot(gm, p)
-        elif IEEE:
-            return tl.dot(gm, p, input_precision="ieee")
-        else:
-            # p to ~2^-21 relative in three tf32 products (the 0/1 matrix is exact in tf32).
-            return tl.dot(gm, p, input_precision="tf32x3")
-    elif GROUP_MMA == 2:
-        # p split into three bf16 parts (24 significant bits, p's full precision); three bf16
-        # products with float32 accumulation, exact up to the order of the additions.
-        gm = ((tl.arange(0, R) // GP)[None, :] == tl.arange(0, MQ)[:, None]).to(tl.float32).to(tl.bfloat16)
-        hi = p.to(tl.bfloat16)
-        rest = p - hi.to(tl.float32)
-        mid = rest.to(tl.bfloat16)
-        lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
-        acc = mma(gm, hi, tl.zeros((MQ, BN), tl.float32), False)
-        acc = mma(gm, mid, acc, False)
-        return mma(gm, lo, acc, False)
-    else:
-        return tl.sum(tl.reshape(p, (BQ, GP, BN)), 1)
-
-
-@triton.jit
-def _kcat_prologue_kernel(
-    k_ptr, kb_ptr, NBF, HK,
-    sk_b, sk_t, sk_h, skb_b, skb_h, skb_n,
-    S: tl.constexpr, SP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
-    NSPLIT: tl.constexpr, KC: tl.constexpr,
-):
-    """kb[b, hk, c, part * BD + d] = part `part` of the float32 mean of block c of k (zeros elsewhere)."""
-    c = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // HK).to(tl.int64)
-    hk = bh % HK
-    j = tl.arange(0, SP)
-    d = tl.arange(0, BD)
-    x = tl.load(k_ptr + b * sk_b + (c * S + j)[:, None].to(tl.int64) * sk_t + hk * sk_h + d[None, :],
-                mask=(j < S)[:, None] & (d < D)[None, :], other=0.0)
-    rest = tl.sum(x.to(tl.float32), 0) / S
-    out = kb_ptr + b * skb_b + hk * skb_h + c.to(tl.int64) * skb_n
-    for part in tl.static_range(KC // BD):
-        if part < NSPLIT:
-            piece = rest.to(kb_ptr.dtype.element_ty)
-            rest = rest - piece.to(tl.float32)
-        else:
-            piece = tl.zeros((BD,), kb_ptr.dtype.element_ty)
-        tl.store(out + part * BD + d, piece)
 
 
 @triton.jit
@@ -578,26 +390,6 @@ def block_keys_and_bound(k: torch.Tensor, block_size: int, nsplit: int, factor: 
     return kb, kn
 
 
-def block_key_cat(k: torch.Tensor, block_size: int, nsplit: int, BD: int, KC: int) -> torch.Tensor:
-    """[B, HK, T // s, KC]: the `nsplit` parts of the block means side by side (zero padded)."""
-    B, T, HK, D = k.shape
-    nbf = T // block_size
-    kb = torch.empty(B, HK, nbf, KC, dtype=k.dtype, device=k.device)
-    if B * HK * nbf == 0:
-        return kb
-    if PROLOGUE == "triton":
-        _kcat_prologue_kernel[(nbf, B * HK)](
-            k, kb, nbf, HK, *k.stride()[:3], kb.stride(0), kb.stride(1), kb.stride(2),
-            S=block_size, SP=next_pow2(block_size), D=D, BD=BD, NSPLIT=nsplit, KC=KC, num_warps=1,
-        )
-    else:
-        parts = block_key_parts(k, block_size, nsplit)  # [B, HK, nsplit, nbf, D]
-        kb.zero_()
-        for i in range(nsplit):
-            kb[..., i * BD: i * BD + D] = parts[:, :, i]
-    return kb
-
-
 def block_key_parts(k: torch.Tensor, block_size: int, nsplit: int) -> torch.Tensor:
     """Means of the complete key blocks, split into `nsplit` parts of k's dtype.
 
@@ -617,27 +409,21 @@ def block_key_parts(k: torch.Tensor, block_size: int, nsplit: int) -> torch.Tens
 
 # Top-k maintenance: False = threshold insertion (default), True = bitonic sort-merge per tile.
 MERGE_BY_SORT = False
-# Kernel version: "v1" (default) or "v2" (concatenated key parts, block-uniform candidate masks,
-# scale folded into the exp FMA, prologue kernel; MERGE_BY_SORT does not apply). PREFETCH / UNIFORM /
-# PROLOGUE / GROUP_MMA switch v2's parts separately; PROLOGUE "torch" builds v2's block keys with
-# PyTorch ops instead. H100 run 3 (benchmarks/RESULTS.md), select ms at 32k / 64k / 128k: v1 2.12 /
-# 6.73 / 22.35; v2 2.24 / 6.98 / 23.02; v2 + GROUP_MMA=2 2.02 / 6.93 / 24.97; v2 + BLOCK_TILE=32
-# 1.98 / 6.54 / 21.91 (fastest, not yet natively tested at that shape); PREFETCH=True is slower (it
-# replaces Triton's own async-copy pipelining). Fewer instructions did not help once registers passed
-# ~168 per thread (2 instead of 3 programs per SM).
-KERNEL = "v1"
+# Kernel version: "v3" (default) or "v1" (the first kernel: online max in pass 1, every tile masked,
+# int64 keys for the whole tile). H100 run 5 (benchmarks/RESULTS.md), selection ms at 8k / 32k / 64k /
+# 128k: v1 0.385 / 2.11 / 6.72 / 22.28; v3 with the settings below 0.186 / 1.57 / 5.10 / 17.31.
+# (A version 2, concatenated key parts with an MMA group sum, was slower than v3 at every length and
+# was removed; its measurements are in RESULTS.md, runs 3 and 5.)
+KERNEL = "v3"
 FIXED_SHIFT = True  # v3: pass-1 shift from the Cauchy-Schwarz bound (else the online max)
 FLOAT_INSERT = True  # v3: top-k insertion on float32 scores, int64 keys only for the entries inserted
-UNIFORM_PASS2 = False  # v3: unmasked pass-2 tiles too (fewer instructions, +35 registers at BN 64)
-MAXNREG = None  # v1/v3: register cap per thread (Triton `maxnreg`), None = the compiler's choice
-PREFETCH = False
-UNIFORM = True
-PROLOGUE = "triton"
-GROUP_MMA = 0  # group sum: 0 reshape + sum, 1 product with a 0/1 matrix in tf32x3, 2 the same in 3 bf16 parts
+UNIFORM = True  # v3: block-uniform programs skip the candidate masks on full tiles ...
+UNIFORM_PASS2 = True  # ... in pass 2 too (+30 registers, which MAXNREG takes back at the benchmark shape)
+MAXNREG = 128  # v3: register cap per thread (4 programs of 4 warps per SM); dropped per shape if it spills
 # Launch shape (benchmarks/sweep_select.py times the alternatives): rows (query x head) per program,
 # blocks per tile, warps. Module attributes so a sweep can change them without editing code.
 ROWS = 128
-BLOCK_TILE = 64
+BLOCK_TILE = 32
 NUM_WARPS = 4
 
 
@@ -653,8 +439,6 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
     # fp16 has a narrow exponent range, so its low part may lose bits to subnormals; a third part
     # costs one more product and keeps it accurate.
     nsplit = 1 if ieee else (2 if q.dtype == torch.bfloat16 else 3)
-    if KERNEL == "v2":
-        return _select_v2(q, k, block_size, block_count, scale, nsplit, out)
     if KERNEL == "v3":
         return _select_v3(q, k, block_size, block_count, scale, nsplit, out)
     kb = block_key_parts(k, block_size, nsplit)
@@ -676,13 +460,27 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
         scale * LOG2E,
         S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BN1,
         NSPLIT=nsplit, IEEE=ieee, MERGE_BY_SORT=MERGE_BY_SORT,
-        num_warps=NUM_WARPS, num_stages=2, **_register_cap(),
+        num_warps=NUM_WARPS, num_stages=2,
     )
     return out
 
 
-def _register_cap() -> dict:
-    return {} if interpreting() or MAXNREG is None else {"maxnreg": MAXNREG}
+_CAP_SPILLS: dict[tuple, bool] = {}  # launch shape -> whether MAXNREG made the compiler spill
+
+
+def _launch_capped(kernel, grid, args, meta):
+    """Launch with the MAXNREG register cap unless this launch shape spilled under it before.
+
+    The cap buys a fourth resident program per SM at the benchmark shape (128 registers, no spills);
+    wider shapes (d=128, n>16, small groups) would spill under it, so the first launch of a shape
+    checks the compiled kernel and later launches of that shape run uncapped if it spilled."""
+    key = (kernel.fn.__name__, *sorted(meta.items()))
+    if interpreting() or MAXNREG is None or _CAP_SPILLS.get(key, False):
+        return kernel[grid](*args, **meta)
+    compiled = kernel[grid](*args, **meta, maxnreg=MAXNREG)
+    if key not in _CAP_SPILLS:
+        _CAP_SPILLS[key] = getattr(compiled, "n_spills", 0) > 0
+    return compiled
 
 
 def _launch_shape(G: int, block_count: int, D: int):
@@ -694,30 +492,6 @@ def _launch_shape(G: int, block_count: int, D: int):
     return KB, BQ, GP, BD
 
 
-def _select_v2(q, k, block_size, block_count, scale, nsplit, out):
-    B, T, HQ, D = q.shape
-    HK = k.shape[2]
-    G = HQ // HK
-    KB, BQ, GP, BD = _launch_shape(G, block_count, D)
-    KC = next_pow2(nsplit * BD)
-    kb = block_key_cat(k, block_size, nsplit, BD, KC)
-    grid = (triton.cdiv(T, BQ), B * HK)
-    _select_kernel_v2[grid](
-        q, kb, out,
-        T, HK, kb.shape[2],
-        q.stride(0), q.stride(1), q.stride(2),
-        kb.stride(0), kb.stride(1), kb.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        scale * LOG2E,
-        S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BLOCK_TILE,
-        NSPLIT=nsplit, KC=KC, IEEE=q.dtype == torch.float32,
-        PREFETCH=PREFETCH, UNIFORM=UNIFORM and block_size % BQ == 0,
-        GROUP_MMA=int(GROUP_MMA), MQ=max(16, BQ) if GROUP_MMA else BQ,
-        num_warps=NUM_WARPS, num_stages=2,
-    )
-    return out
-
-
 def _select_v3(q, k, block_size, block_count, scale, nsplit, out):
     B, T, HQ, D = q.shape
     HK = k.shape[2]
@@ -727,15 +501,13 @@ def _select_v3(q, k, block_size, block_count, scale, nsplit, out):
     # The pass-1 shift bound per (batch, KV head) is |scale2| max_c |kbar_c|, padded by 2^-8 for the
     # rounding of the products (the parts sum to kbar within 2^-16) and of the norm itself.
     kb, knorm = block_keys_and_bound(k, block_size, nsplit, abs(scale2) * (1 + 2.0 ** -8))
-    _select_kernel_v3[(triton.cdiv(T, BQ), B * HK)](
-        q, kb, knorm, out,
-        T, HK, kb.shape[3],
-        q.stride(0), q.stride(1), q.stride(2),
-        kb.stride(0), kb.stride(1), kb.stride(2), kb.stride(3),
-        out.stride(0), out.stride(1), out.stride(2),
-        scale2,
-        S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BLOCK_TILE,
-        NSPLIT=nsplit, IEEE=q.dtype == torch.float32, UNIFORM=UNIFORM and block_size % BQ == 0,
-        FIXED_SHIFT=FIXED_SHIFT, UNIFORM_PASS2=UNIFORM_PASS2, FLOAT_INSERT=FLOAT_INSERT, num_warps=NUM_WARPS, num_stages=2, **_register_cap(),
+    _launch_capped(
+        _select_kernel_v3, (triton.cdiv(T, BQ), B * HK),
+        (q, kb, knorm, out, T, HK, kb.shape[3], q.stride(0), q.stride(1), q.stride(2),
+         kb.stride(0), kb.stride(1), kb.stride(2), kb.stride(3), out.stride(0), out.stride(1), out.stride(2), scale2),
+        dict(S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BLOCK_TILE,
+             NSPLIT=nsplit, IEEE=q.dtype == torch.float32, UNIFORM=UNIFORM and block_size % BQ == 0,
+             FIXED_SHIFT=FIXED_SHIFT, UNIFORM_PASS2=UNIFORM_PASS2, FLOAT_INSERT=FLOAT_INSERT,
+             num_warps=NUM_WARPS, num_stages=2),
     )
     return out
