@@ -425,6 +425,7 @@ MAXNREG = 128  # v3: register cap per thread (4 programs of 4 warps per SM); dro
 ROWS = 128
 BLOCK_TILE = 32
 NUM_WARPS = 4
+NUM_STAGES = 2  # v3: software-pipelining depth of the block-key loads
 
 
 def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int, scale: float) -> torch.Tensor:
@@ -508,6 +509,6 @@ def _select_v3(q, k, block_size, block_count, scale, nsplit, out):
         dict(S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BLOCK_TILE,
              NSPLIT=nsplit, IEEE=q.dtype == torch.float32, UNIFORM=UNIFORM and block_size % BQ == 0,
              FIXED_SHIFT=FIXED_SHIFT, UNIFORM_PASS2=UNIFORM_PASS2, FLOAT_INSERT=FLOAT_INSERT,
-             num_warps=NUM_WARPS, num_stages=2),
+             num_warps=NUM_WARPS, num_stages=NUM_STAGES),
     )
     return out
