@@ -48,16 +48,17 @@ if [ "$what" = last ]; then
   # Run 5, call 4: native tests not reached in call 3 (alignment loss, v3 at the benchmark shape),
   # Nsight Compute of the default selection kernel, launch-shape variants at 64k/128k, and a repeat
   # of the long-T forward benchmark.
-  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_alignment_loss.py tests/test_triton_kernels.py \
+  timeout 130 python3 -m pytest -q -p no:cacheprovider tests/test_alignment_loss.py tests/test_triton_kernels.py \
     -k "align or v3_benchmark or v3_loose or v3_matches" -rfE > "$OUT/tests.txt" 2>&1; echo "tests rc=$?" >> "$OUT/tests.txt"
   grep -E "passed|failed|rc=|^(FAILED|ERROR)" "$OUT/tests.txt" | tail -8
+  timeout 60 python3 benchmarks/profile_step.py "$OUT/host_time.json" --host-only 2>&1 | tail -3
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   timeout 70 "$NCU" --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats \
     --section SchedulerStats --section ComputeWorkloadAnalysis --section InstructionStats \
     --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio,regex:sm__inst_executed_pipe_.*.avg.pct_of_peak_sustained_active" \
     -k regex:_select_kernel --launch-skip 1 --launch-count 1 python3 benchmarks/ncu_select.py 32768 '{}' > "$OUT/ncu_v3_default.txt" 2>&1
   grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|stalled_(barrier|short|long|math|wait|mio|not_sel|selected|dispatch|no_inst|branch)|pipe_(alu|fma|fmaheavy|xu|lsu|uniform|tensor).*pct" "$OUT/ncu_v3_default.txt" | head -30
-  timeout 160 python3 benchmarks/ab.py "$OUT" --fwd-lens 65536,131072 --parts forward 2>&1 | tee "$OUT/ab.txt" | grep -v "^{"
+  timeout 150 python3 benchmarks/ab.py "$OUT" --fwd-lens 65536,131072 --parts forward 2>&1 | tee "$OUT/ab.txt" | grep -v "^{"
   left=$((585 - SECONDS)); echo "bench gets ${left}s"
   timeout $left python3 -m ssa.cli bench attention --seq-lens 65536,131072 --rep-ms 400 --flex-max-len 0 \
     --json "$OUT/attention_long.json" 2>&1 | tee "$OUT/attention_long.txt" | grep -v "^{"

@@ -75,14 +75,48 @@ def profile_method(method: str, shape: dict, steps: int) -> dict:
     }
 
 
+def host_time(method: str, shape: dict, steps: int = 10) -> dict:
+    """Host time to enqueue one step (no sync inside) against the GPU time of the same steps: when
+    the two are close, the GPU waits on Python and kernel launches part of the time."""
+    import time
+
+    step, model = training_step(method, shape, 50257, 1, 8192)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    host = []
+    start.record()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        host.append((time.perf_counter() - t0) * 1e3)
+    end.record()
+    end.synchronize()
+    del model, step
+    torch.cuda.empty_cache()
+    host.sort()
+    return {"method": method, "host_ms_per_step_median": host[len(host) // 2],
+            "gpu_ms_per_step": start.elapsed_time(end) / steps}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("out")
     p.add_argument("--methods", default="full,ssa")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--preset", default="300m")
+    p.add_argument("--host-only", action="store_true", help="only the host enqueue time vs GPU time per step")
     args = p.parse_args()
     shape = preset_shape(args.preset, seq_len=8192)
+    if args.host_only:
+        res = [host_time(m, shape) for m in args.methods.split(",")]
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+        for r in res:
+            print(f"{r['method']}: host {r['host_ms_per_step_median']:.1f} ms/step to enqueue, "
+                  f"GPU {r['gpu_ms_per_step']:.1f} ms/step", flush=True)
+        return
     res = [profile_method(m, shape, args.steps) for m in args.methods.split(",")]
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
