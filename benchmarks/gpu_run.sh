@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device session: native kernel tests, then the attention and train-step benchmarks.
-# Usage (repo root, on the GPU machine): OUT=/some/dir bash benchmarks/gpu_run.sh [tests|sweep|bench|all|ab|profile|ab5|final|last]
+# Usage (repo root, on the GPU machine): OUT=/some/dir bash benchmarks/gpu_run.sh [tests|sweep|bench|all|ab|profile|ab5|final|last|closing]
 # ab: native tests (two pytest runs, 45 + 75 s at most), then benchmarks/ab.py (old vs new variants in one
 #     process, the rest of ~288 s).
 set -o pipefail
@@ -42,6 +42,15 @@ if [ "$what" = profile ] || [ "$what" = ab5 ]; then
   fi
   left=$((560 - SECONDS)); echo "ab gets ${left}s"
   timeout $left python3 benchmarks/ab.py "$OUT" 2>&1 | tee "$OUT/ab.txt" | grep -v "^{"
+  exit 0
+fi
+if [ "$what" = closing ]; then
+  # Run 5, call 5: the final defaults (NUM_STAGES=3): v3 native test at the benchmark shape, the
+  # full `ssa bench attention` table and `ssa bench train-step`. ~330 s.
+  timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_triton_kernels.py -k "v3_benchmark or through_dispatch" \
+    -rfE > "$OUT/tests.txt" 2>&1; echo "tests rc=$?" >> "$OUT/tests.txt"; tail -2 "$OUT/tests.txt"
+  timeout 160 python3 -m ssa.cli bench attention --json "$OUT/attention.json" 2>&1 | tee "$OUT/attention.txt" | grep -v "^{"
+  timeout 110 python3 -m ssa.cli bench train-step --windows 4 --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.txt" | grep -v "^[{#]"
   exit 0
 fi
 if [ "$what" = last ]; then
