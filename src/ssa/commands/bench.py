@@ -37,7 +37,7 @@ def add_arguments(parser) -> None:
     a.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition budget per measurement")
     a.add_argument("--json", default=None, help="also write the results to this JSON file")
     a.add_argument("--select-config", default=None,
-                   help="JSON file of selection launch settings (from benchmarks/sweep_select.py) to "
+                   help="JSON file of selection launch settings (e.g. best_select.json from benchmarks/ab.py) to "
                         "use instead of the defaults in ssa.ops.triton._select")
 
     t = sub.add_parser("train-step", help="one forward+backward+AdamW step per method")

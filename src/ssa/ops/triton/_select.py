@@ -132,14 +132,7 @@ def _select_kernel(
         for c0 in range(0, c_end, BN1):
             key = _score_keys(q, kb_base, c0, NBF, skb_n, skb_part, m_safe, inv_l, cur_row, row_ok, cur_q,
                               scale2, BN1, BQ, GP, D, BD, NSPLIT, IEEE, _NEG)
-            key = tl.where(key > kth[:, None], key, _NEG)
-            top = tl.max(key, 1)
-            while tl.max((top > kth).to(tl.int32)) > 0:
-                put = top > kth
-                buf = tl.where((buf == kth[:, None]) & put[:, None], top[:, None], buf)
-                kth = tl.min(buf, 1)
-                key = tl.where((key > kth[:, None]) & (key != top[:, None]), key, _NEG)
-                top = tl.max(key, 1)
+            buf, kth = _insert_keys(buf, kth, key)
 
     _store_selection(out_ptr, buf, slot, cur_q, t_q, b, hk, T, so_b, so_t, so_h, N, KB)
 
@@ -420,7 +413,7 @@ FLOAT_INSERT = True  # v3: top-k insertion on float32 scores, int64 keys only fo
 UNIFORM = True  # v3: block-uniform programs skip the candidate masks on full tiles ...
 UNIFORM_PASS2 = True  # ... in pass 2 too (+30 registers, which MAXNREG takes back at the benchmark shape)
 MAXNREG = 128  # v3: register cap per thread (4 programs of 4 warps per SM); dropped per shape if it spills
-# Launch shape (benchmarks/sweep_select.py times the alternatives): rows (query x head) per program,
+# Launch shape (benchmarks/ab.py times the alternatives): rows (query x head) per program,
 # blocks per tile, warps. Module attributes so a sweep can change them without editing code.
 ROWS = 128
 BLOCK_TILE = 32
