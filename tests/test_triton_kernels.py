@@ -475,3 +475,21 @@ def test_select_v3_benchmark_shape(monkeypatch, block_tile, maxnreg, float_inser
     q, k, _ = _qkv(1, 3000, 16, 1, 64, torch.bfloat16, seed=7)
     got = _select.select_blocks(q, k, 16, 16, 0.125)
     assert _check_selection(got, q, k, 16, 16, 0.125, 16 * 2e-5) <= 30
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="exact ties need the interpreter's column-invariant logits "
+                    "(see test_select_blocks_ties_go_to_lower_block)")
+@pytest.mark.parametrize("float_insert", [True, False])
+def test_select_v3_periodic_ties_match_reference(monkeypatch, float_insert):
+    # Block c repeats the keys of block c % 3, so every score ties with those of a third of the blocks,
+    # inside one tile and across tiles: the exact top-k must keep the lowest block of each tie, as
+    # the reference's stable sort does (the float insertion's strict test relies on this order).
+    from ssa.ops.triton import _select
+
+    for name, value in dict(KERNEL="v3", ROWS=16, BLOCK_TILE=16, FLOAT_INSERT=float_insert).items():
+        monkeypatch.setattr(_select, name, value)
+    B, T, HQ, HK, D, s, n = 1, 230, 4, 1, 32, 4, 9
+    q, k, _ = _qkv(B, T, HQ, HK, D, torch.float32, seed=21)
+    blocks = k[:, : 3 * s].reshape(B, 3, s, HK, D)
+    k = blocks.repeat(1, T // (3 * s) + 1, 1, 1, 1).reshape(B, -1, HK, D)[:, :T].contiguous()
+    assert torch.equal(_select.select_blocks(q, k, s, n, D ** -0.5), reference.select_blocks(q, k, s, n, D ** -0.5))

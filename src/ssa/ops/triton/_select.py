@@ -291,15 +291,17 @@ def _insert_scores(buf, kth, score, blk):
     blk [BN] into the int64 key buffer: the exact result of `_insert_keys`, with float32 work per
     element instead of int64 (Nsight Compute: version 1 is bound by the integer ALU pipe).
 
-    Only entries with score >= the K-th best score can enter (equal scores may still lose on the
-    block). Each round takes, per query, the largest remaining score and its lowest block, turns that
-    one entry into its exact int64 key, inserts it if it beats the K-th best key, and drops it from
-    the tile, so every round removes one entry per still-active query and the loop ends.
+    A strictly larger score than the K-th best's is needed: blocks are scanned in ascending order and
+    equal scores within a tile are taken lowest block first, so an entry that only ties the K-th best
+    always has the larger block and loses the tie. (A `>=` test would stay exact but spend one round
+    per tied entry, e.g. per block of a row whose probabilities underflow to 0.) Each round takes, per
+    query, the largest remaining score and its lowest block, turns that one entry into its int64 key,
+    inserts it and drops it from the tile, so every round removes one entry per active query.
     """
     kth_s = _key_score(kth)
-    s = tl.where(score >= kth_s[:, None], score, -2.0)
+    s = tl.where(score > kth_s[:, None], score, -2.0)
     top = tl.max(s, 1)
-    active = (top >= 0) & (top >= kth_s)
+    active = (top >= 0) & (top > kth_s)
     while tl.max(active.to(tl.int32)) > 0:
         b_top = tl.min(tl.where(s == top[:, None], blk[None, :], 2**30), 1)
         key = (top.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (b_top ^ _LOW_MAX).to(tl.int64)
@@ -308,9 +310,9 @@ def _insert_scores(buf, kth, score, blk):
         kth = tl.min(buf, 1)
         kth_s = _key_score(kth)
         taken = (blk[None, :] == b_top[:, None]) & active[:, None]
-        s = tl.where((s >= kth_s[:, None]) & ~taken, s, -2.0)
+        s = tl.where((s > kth_s[:, None]) & ~taken, s, -2.0)
         top = tl.max(s, 1)
-        active = (top >= 0) & (top >= kth_s)
+        active = (top >= 0) & (top > kth_s)
     return buf, kth
 
 
