@@ -159,7 +159,8 @@ def train_part(res, steps):
                 continue
             ssa.ops.alignment_loss = lambda *a, backend="auto", **kw: fused_align(*a, backend=align_backend, **kw)
         args = SimpleNamespace(preset="300m", methods=method, seq_len=8192, batch=1, vocab_size=vocab, layers=None,
-                               steps=steps, windows=3, full_ratio=None, json=None, select_config=None, index_build="fused")
+                               steps=steps, windows=3, one_at_a_time=True, full_ratio=None, json=None, select_config=None,
+                               index_build="fused")
         try:
             out = bench_train_step(args)
             row = dict(out["rows"][0], label=label, select=settings, vocab_size=vocab)

@@ -49,6 +49,9 @@ def add_arguments(parser) -> None:
     t.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
     t.add_argument("--steps", type=int, default=10, help="steps per timing window (after 3 warm-up steps)")
     t.add_argument("--windows", type=int, default=5, help="timing windows per method, interleaved across methods")
+    t.add_argument("--one-at-a-time", action="store_true",
+                   help="build and time one method after the other instead of keeping all models on the "
+                        "GPU together (for shapes whose models do not fit side by side)")
     t.add_argument("--full-ratio", type=float, default=None,
                    help="SSA mode draw; default: the preset's (the step cost does not depend on it: "
                         "both streams run every step)")
@@ -285,6 +288,39 @@ def preset_shape(preset: str, layers=None, full_ratio=None, seq_len: int = 0) ->
     return shape
 
 
+def _train_run(method: str, shape: dict, args) -> dict:
+    step, model = training_step(method, shape, args.vocab_size, args.batch, args.seq_len)
+    for _ in range(3):  # warm-up: compilation, allocator, optimizer state
+        step()
+    torch.cuda.synchronize()
+    return {"step": step, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "windows": [], "synced": [], "step_peak_gib": 0.0}
+
+
+def _time_window(run: dict, steps: int) -> None:
+    """One window of `steps` unsynced steps, then 3 steps synced one by one."""
+    torch.cuda.synchronize()
+    resident = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        run["step"]()
+    end.record()
+    end.synchronize()
+    run["windows"].append(start.elapsed_time(end) / steps)
+    # Memory a step needs above what stays allocated between steps (weights, AdamW state, and the
+    # other models of an interleaved run): activations, gradients, temporaries.
+    run["step_peak_gib"] = max(run["step_peak_gib"], (torch.cuda.max_memory_allocated() - resident) / 2**30)
+    for _ in range(3):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        run["step"]()
+        b.record()
+        b.synchronize()
+        run["synced"].append(a.elapsed_time(b))
+
+
 def bench_train_step(args) -> dict:
 
     _apply_select_config(args.select_config)
@@ -299,69 +335,42 @@ def bench_train_step(args) -> dict:
     shape = preset_shape(args.preset, args.layers, args.full_ratio, args.seq_len)
     env = environment()
     print(f"# {env}\n# preset={args.preset} seq_len={args.seq_len} batch={args.batch} {shape}", flush=True)
-    # All methods live side by side and their timing windows interleave, so drift of the clocks or
-    # of the host hits every method alike. A window is `steps` back-to-back steps with no host sync
-    # inside (as in training, where the host queues ahead of the GPU); the per-step figure is the
-    # median over windows of window time / steps. `synced_step_ms` is the older per-step median with
-    # a sync after every step, which also counts host launch latency at the start of each step.
+    # By default all methods live side by side and their timing windows interleave, so drift of the
+    # clocks or of the host hits every method alike (--one-at-a-time when they do not fit together).
+    # A window is `steps` back-to-back steps with no host sync inside (as in training, where the host
+    # queues ahead of the GPU); the figure is the median over windows of window time / steps.
+    # `synced_step_ms` is the older per-step median with a sync after every step, which also counts
+    # the host's launch latency at the start of each step.
     methods = args.methods.split(",")
-    runs = {}
-    for method in methods:
-        step, model = training_step(method, shape, args.vocab_size, args.batch, args.seq_len)
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        runs[method] = {"step": step, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-                        "windows": [], "synced": [], "peak_gib": 0.0}
-        del model
-    for _ in range(args.windows):
-        for method in methods:
-            run = runs[method]
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(args.steps):
-                run["step"]()
-            end.record()
-            end.synchronize()
-            run["windows"].append(start.elapsed_time(end) / args.steps)
-            for _ in range(3):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                run["step"]()
-                b.record()
-                b.synchronize()
-                run["synced"].append(a.elapsed_time(b))
-            # Peak of this window over what is allocated between steps (weights, grads, AdamW state
-            # of every model held here), so each method's figure is its own step's.
-            run["peak_gib"] = max(run["peak_gib"], torch.cuda.max_memory_allocated() / 2**30)
+    groups = [[m] for m in methods] if args.one_at_a_time else [methods]
     rows = []
-    resident = torch.cuda.memory_allocated() / 2**30
-    for method in methods:
-        run = runs.pop(method)
-        windows, synced = sorted(run["windows"]), sorted(run["synced"])
-        row = {
-            "method": method,
-            "step_ms": windows[len(windows) // 2],
-            "min_ms": windows[0],
-            "max_ms": windows[-1],
-            "synced_step_ms": synced[len(synced) // 2],
-            "peak_gib_all_models": run["peak_gib"],
-            "params_m": run["params_m"],
-        }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        del run
-    torch.cuda.empty_cache()
-    print(f"# memory resident for all {len(methods)} models between steps: {resident:.1f} GiB", flush=True)
+    for group in groups:
+        runs = {method: _train_run(method, shape, args) for method in group}
+        for _ in range(args.windows):
+            for run in runs.values():
+                _time_window(run, args.steps)
+        for method, run in runs.items():
+            windows, synced = sorted(run["windows"]), sorted(run["synced"])
+            row = {
+                "method": method,
+                "step_ms": windows[len(windows) // 2],
+                "min_ms": windows[0],
+                "max_ms": windows[-1],
+                "synced_step_ms": synced[len(synced) // 2],
+                "step_peak_gib": run["step_peak_gib"],
+                "params_m": run["params_m"],
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del runs
+        torch.cuda.empty_cache()
     base = next((r["step_ms"] for r in rows if r["method"] == "full"), None)
     print(f"\n| method | step ms (median of {args.windows} windows x {args.steps} steps) | min-max | vs full "
-          "| synced step ms | params M |")
-    print("|---|---|---|---|---|---|")
+          "| synced step ms | step peak GiB | params M |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['step_ms'] / base:.3f}" if base else "-"
         print(f"| {r['method']} | {r['step_ms']:.1f} | {r['min_ms']:.1f}-{r['max_ms']:.1f} | {ratio} "
-              f"| {r['synced_step_ms']:.1f} | {r['params_m']:.0f} |")
+              f"| {r['synced_step_ms']:.1f} | {r['step_peak_gib']:.1f} | {r['params_m']:.0f} |")
     return {"env": env, "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "shape": shape,
             "rows": rows, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
