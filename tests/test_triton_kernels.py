@@ -493,3 +493,19 @@ def test_select_v3_periodic_ties_match_reference(monkeypatch, float_insert):
     blocks = k[:, : 3 * s].reshape(B, 3, s, HK, D)
     k = blocks.repeat(1, T // (3 * s) + 1, 1, 1, 1).reshape(B, -1, HK, D)[:, :T].contiguous()
     assert torch.equal(_select.select_blocks(q, k, s, n, D ** -0.5), reference.select_blocks(q, k, s, n, D ** -0.5))
+
+
+def test_block_keys_and_bound_match_the_block_means():
+    # The one prologue of both selection kernels: parts of each block mean (hi, lo, ...) in k's
+    # dtype that sum to the float32 mean, and factor * the largest mean norm, against block_means.
+    from ssa.ops.triton import _select
+
+    for dtype, nsplit, tol in ((torch.float32, 1, 1e-6), (torch.bfloat16, 2, 2e-5), (torch.float16, 3, 1e-6)):
+        _, k, _ = _qkv(2, 70, 3, 3, 40, dtype, seed=4)
+        kb, kn = _select.block_keys_and_bound(k, 8, nsplit, 2.0)
+        want = reference.block_means(k.float(), 8)[:, :8]  # complete blocks only: [B, 8, HK, D]
+        assert kb.shape == (2, 3, nsplit, 8, 40) and kb.dtype == dtype
+        got = kb.float().sum(2).permute(0, 2, 1, 3)
+        assert (got - want).abs().max().item() <= tol * want.abs().max().item()
+        norm = 2.0 * want.norm(dim=-1).amax(1).reshape(-1)
+        assert torch.allclose(kn, norm, rtol=1e-5, atol=0)

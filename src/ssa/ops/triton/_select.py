@@ -70,6 +70,33 @@ def _kbar_logits(q, kb_base, c0, NBF, stride_n, stride_part,
 
 
 @triton.jit
+def _program_rows(q_ptr, kb_ptr, T, HK, sq_b, sq_t, sq_h, skb_b, skb_h,
+                  S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
+                  D: tl.constexpr, BD: tl.constexpr):
+    """What a selection program works on: BQ queries x GP heads of one (batch, KV head) as rows.
+
+    Returns the query tile index, batch (int64: batch offsets can pass 2^31 elements), KV head, the
+    valid-row mask, each row's own block, q [BQ * GP, BD], the block-key base pointer and c_end (no
+    query of the tile has a candidate block >= c_end)."""
+    # Later query tiles have more candidates: launch them first so the tail of the grid is short.
+    pid_q = tl.num_programs(0) - 1 - tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // HK).to(tl.int64)
+    hk = bh % HK
+    rows = tl.arange(0, BQ * GP)
+    t_row = pid_q * BQ + rows // GP
+    g_row = rows % GP
+    row_ok = (t_row < T) & (g_row < G)
+    offs_d = tl.arange(0, BD)
+    q = tl.load(
+        q_ptr + b * sq_b + t_row[:, None] * sq_t + (hk * G + g_row)[:, None] * sq_h + offs_d[None, :],
+        mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0,
+    )
+    c_end = tl.minimum(pid_q * BQ + BQ - 1, T - 1) // S
+    return pid_q, b, hk, row_ok, t_row // S, q, kb_ptr + b * skb_b + hk * skb_h, c_end
+
+
+@triton.jit
 def _select_kernel(
     q_ptr, kb_ptr, out_ptr,
     T, HK, NBF,
@@ -81,26 +108,9 @@ def _select_kernel(
     D: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, BN1: tl.constexpr,
     NSPLIT: tl.constexpr, IEEE: tl.constexpr, MERGE_BY_SORT: tl.constexpr,
 ):
-    # Later query tiles have more candidates: launch them first so the tail of the grid is short.
-    pid_q = tl.num_programs(0) - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // HK).to(tl.int64)  # batch offsets can pass 2^31 elements
-    hk = bh % HK
     R: tl.constexpr = BQ * GP
-
-    rows = tl.arange(0, R)
-    t_row = pid_q * BQ + rows // GP
-    g_row = rows % GP
-    row_ok = (t_row < T) & (g_row < G)
-    cur_row = t_row // S
-    offs_d = tl.arange(0, BD)
-    q = tl.load(
-        q_ptr + b * sq_b + t_row[:, None] * sq_t + (hk * G + g_row)[:, None] * sq_h + offs_d[None, :],
-        mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0,
-    )
-    kb_base = kb_ptr + b * skb_b + hk * skb_h
-    t_last = tl.minimum(pid_q * BQ + BQ - 1, T - 1)
-    c_end = t_last // S  # no query of this tile has a candidate >= c_end
+    pid_q, b, hk, row_ok, cur_row, q, kb_base, c_end = _program_rows(
+        q_ptr, kb_ptr, T, HK, sq_b, sq_t, sq_h, skb_b, skb_h, S, G, GP, BQ, D, BD)
 
     # Pass 1: per-row softmax normalisers over candidates c < c_t (log2 domain).
     m_safe, l = _online_normalisers(q, kb_base, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
@@ -200,25 +210,9 @@ def _select_kernel_v3(
     NSPLIT: tl.constexpr, IEEE: tl.constexpr, UNIFORM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
     UNIFORM_PASS2: tl.constexpr, FLOAT_INSERT: tl.constexpr,
 ):
-    pid_q = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first: a short grid tail
-    bh = tl.program_id(1)
-    b = (bh // HK).to(tl.int64)
-    hk = bh % HK
     R: tl.constexpr = BQ * GP
-
-    rows = tl.arange(0, R)
-    t_row = pid_q * BQ + rows // GP
-    g_row = rows % GP
-    row_ok = (t_row < T) & (g_row < G)
-    cur_row = t_row // S
-    offs_d = tl.arange(0, BD)
-    q = tl.load(
-        q_ptr + b * sq_b + t_row[:, None] * sq_t + (hk * G + g_row)[:, None] * sq_h + offs_d[None, :],
-        mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0,
-    )
-    kb_base = kb_ptr + b * skb_b + hk * skb_h
-    t_last = tl.minimum(pid_q * BQ + BQ - 1, T - 1)
-    c_end = t_last // S
+    pid_q, b, hk, row_ok, cur_row, q, kb_base, c_end = _program_rows(
+        q_ptr, kb_ptr, T, HK, sq_b, sq_t, sq_h, skb_b, skb_h, S, G, GP, BQ, D, BD)
     if UNIFORM:
         c_full = (c_end // BN1) * BN1  # tiles below c_full hold candidates of every row
     else:
@@ -227,7 +221,7 @@ def _select_kernel_v3(
     # Pass 1: per-row normalisers l = sum_c exp2(x_c - m), x = logit * scale * log2(e).
     if FIXED_SHIFT:
         qf = q.to(tl.float32)
-        m = tl.sqrt(tl.sum(qf * qf, 1)) * tl.load(kn_ptr + bh)  # kn = |scale2| max_c |kbar_c|, padded
+        m = tl.sqrt(tl.sum(qf * qf, 1)) * tl.load(kn_ptr + tl.program_id(1))  # kn = |scale2| max_c |kbar_c|, padded
         l = tl.zeros((R,), tl.float32)
         for c0 in range(0, c_full, BN1):
             x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE, BD == D)
@@ -371,8 +365,9 @@ def _block_keys_kernel(
 
 
 def block_keys_and_bound(k: torch.Tensor, block_size: int, nsplit: int, factor: float):
-    """The block keys of `block_key_parts` ([B, HK, nsplit, T // s, D], one Triton launch) and
-    factor * max_c |kbar_c| per (batch, KV head) as float32 [B * HK]."""
+    """Means of the complete key blocks, each split into `nsplit` parts of k's dtype that sum (in
+    float32) to the float32 mean: [B, HK, nsplit, T // s, D], one Triton launch. Also factor *
+    max_c |kbar_c| per (batch, KV head) as float32 [B * HK] (zeros when there is no block)."""
     B, T, HK, D = k.shape
     nbf = T // block_size
     kb = torch.empty(B, HK, nsplit, nbf, D, dtype=k.dtype, device=k.device)
@@ -383,23 +378,6 @@ def block_keys_and_bound(k: torch.Tensor, block_size: int, nsplit: int, factor: 
             S=block_size, SP=next_pow2(block_size), D=D, BD=max(16, next_pow2(D)), NSPLIT=nsplit, num_warps=1,
         )
     return kb, kn
-
-
-def block_key_parts(k: torch.Tensor, block_size: int, nsplit: int) -> torch.Tensor:
-    """Means of the complete key blocks, split into `nsplit` parts of k's dtype.
-
-    Returns [B, HK, nsplit, T // s, D]; the parts sum (in float32) to the float32 mean.
-    """
-    B, T, HK, D = k.shape
-    nbf = T // block_size
-    kbar = k[:, : nbf * block_size].float().view(B, nbf, block_size, HK, D).mean(2)
-    kbar = kbar.permute(0, 2, 1, 3)  # [B, HK, nbf, D]
-    parts, rest = [], kbar
-    for _ in range(nsplit):
-        part = rest.to(k.dtype)
-        parts.append(part)
-        rest = rest - part.float()
-    return torch.stack(parts, 2).contiguous()
 
 
 # Top-k maintenance: False = threshold insertion (default), True = bitonic sort-merge per tile.
@@ -437,14 +415,8 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
     nsplit = 1 if ieee else (2 if q.dtype == torch.bfloat16 else 3)
     if KERNEL == "v3":
         return _select_v3(q, k, block_size, block_count, scale, nsplit, out)
-    kb = block_key_parts(k, block_size, nsplit)
-    KB = max(16, next_pow2(block_count))  # > N-1: one spare slot takes the current block
-    GP0 = next_pow2(G)
-    # Rows per program ~128 for the tensor cores; fewer queries when the top-K buffer is wide so the
-    # [BQ, KB] int64 buffer stays in registers.
-    BQ = max(1, min(ROWS // GP0, 2048 // KB))
-    GP = max(GP0, 16 // BQ)  # at least 16 rows for tl.dot: pad heads when the group is tiny
-    BD = max(16, next_pow2(D))
+    kb, _ = block_keys_and_bound(k, block_size, nsplit, 0.0)  # v1 needs no shift bound
+    KB, BQ, GP, BD = _launch_shape(G, block_count, D)
     BN1 = BLOCK_TILE
     grid = (triton.cdiv(T, BQ), B * HK)
     _select_kernel[grid](
@@ -480,10 +452,13 @@ def _launch_capped(kernel, grid, args, meta):
 
 
 def _launch_shape(G: int, block_count: int, D: int):
-    KB = max(16, next_pow2(block_count))
+    """Top-K buffer width KB, queries per program BQ, padded group GP and padded head dim BD."""
+    KB = max(16, next_pow2(block_count))  # > N-1: one spare slot takes the current block
     GP0 = next_pow2(G)
+    # Rows per program ~ROWS for the tensor cores; fewer queries when the top-K buffer is wide so the
+    # [BQ, KB] int64 buffer stays in registers.
     BQ = max(1, min(ROWS // GP0, 2048 // KB))
-    GP = max(GP0, 16 // BQ)
+    GP = max(GP0, 16 // BQ)  # at least 16 rows for tl.dot: pad heads when the group is tiny
     BD = max(16, next_pow2(D))
     return KB, BQ, GP, BD
 
