@@ -2,6 +2,8 @@
 
 `train(config, run_dir, resume=False)` trains the model described by a resolved config (see
 `ssa.training.config.resolve_config`) and writes the run directory laid out in `checkpoint.py`.
+The work is done by `Trainer` (build, train_step, evaluate, save_checkpoint, fit), whose methods
+are the places to change one piece: see its docstring for the seams.
 
 Exact resume: a checkpoint holds the weights, the AdamW state, the step (the LR is a pure function
 of it), the data position, and the torch / CUDA / numpy / python RNG states. The SSA mode draw
@@ -140,7 +142,7 @@ def evaluate(model, rows: np.ndarray, *, method: str, micro_batch: int, device, 
 
 
 # ----------------------------------------------------------------------------------------------
-# The loop
+# The trainer
 # ----------------------------------------------------------------------------------------------
 def _check_fresh_run_dir(run_dir: Path) -> None:
     if (run_dir / "checkpoints").is_dir() and ckpt.list_step_dirs(run_dir / "checkpoints"):
@@ -159,156 +161,264 @@ def train(cfg: dict, run_dir, *, resume: bool = False, progress: bool = True) ->
     import torch
 
     t_start = time.time()
-    run_dir = Path(run_dir)
     info = dist.env_info()
     spec = TrainSpec(**cfg["train"])
-    data_spec = DataSpec(**cfg["data"])
     device = dist.pick_device(spec.device, info)
     if device.type == "cpu":
         # Each process gets its share of the cores; torch's default would oversubscribe under DDP.
         torch.set_num_threads(spec.num_threads or max(1, (os.cpu_count() or 1) // max(1, info.world_size)))
     dist.init(info, device)
     try:
-        return _train(cfg, spec, data_spec, run_dir, info, device, resume, progress, t_start)
+        trainer = Trainer(cfg, run_dir, info=info, device=device, resume=resume, progress=progress, t_start=t_start)
+        trainer.build()
+        return trainer.fit()
     finally:
         dist.shutdown()
 
 
-def _train(cfg, spec, data_spec, run_dir, info, device, resume, progress, t_start) -> dict:
-    import torch
+class Trainer:
+    """One training run, in small steps: `build()` then `fit()`.
 
-    # ---- everything that can fail on bad input happens before anything is written -------------
-    resume_dir = state = None
-    if resume:
-        resume_dir = ckpt.resolve_checkpoint(run_dir)
-        state = ckpt.load_training_state(resume_dir)
-    else:
-        _check_fresh_run_dir(run_dir)
-    seed_everything(spec.seed)
-    tokenizer = _prepare_tokenizer(cfg, run_dir, resume_dir)
-    # Rank 0 tokenizes first and fills the token cache; the other ranks then read it.
-    if not info.is_main:
-        dist.barrier(info)
-    try:
-        train_rows = PackedRows(load_tokens(data_spec, "train", tokenizer, spec.seed), data_spec.seq_len)
-        val_tokens = load_tokens(data_spec, "val", tokenizer, spec.seed)
-    finally:
-        if info.is_main:
+    build()        everything that can fail on bad input (tokenizer, data, model, optimizer, resume
+                   state); nothing is written before it returns.
+    fit()          writes the run directory, then loops `train_step()`, `maybe_evaluate()`,
+                   `maybe_save()`.
+    Seams for variants (a subclass overrides one method):
+      build_data()    where the token rows and the resumable loader come from
+      build_model()   a fresh model, or the checkpoint's on resume
+      wrap_model()    data parallelism (DDP today); `self.model` stays the bare module
+      forward()       where the loss is computed for one micro-batch
+      log()           where metric records go (RUN_DIR/metrics.jsonl)
+    All checkpointed state passes through `state_dict()` / `load_state_dict()`.
+    """
+
+    def __init__(self, cfg: dict, run_dir, *, info, device, resume: bool = False, progress: bool = True,
+                 t_start: float | None = None):
+        self.cfg = cfg
+        self.spec = TrainSpec(**cfg["train"])
+        self.data_spec = DataSpec(**cfg["data"])
+        self.run_dir = Path(run_dir)
+        self.info = info
+        self.device = device
+        self.resume = resume
+        self.progress = progress
+        self.t_start = time.time() if t_start is None else t_start
+        self.step = 0
+        self.start_step = 0
+        self.resume_dir: Path | None = None
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    # ---- build: validate and construct; writes nothing -------------------------------------------
+    def build(self) -> "Trainer":
+        saved = None
+        if self.resume:
+            self.resume_dir = ckpt.resolve_checkpoint(self.run_dir)
+            saved = ckpt.load_training_state(self.resume_dir)
+        else:
+            _check_fresh_run_dir(self.run_dir)
+        seed_everything(self.spec.seed)
+        self.tokenizer = _prepare_tokenizer(self.cfg, self.run_dir, self.resume_dir)
+        self.build_data()
+        self.model = self.build_model()
+        self.model.to(self.device)
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, self.spec)
+        self.amp_dtype = _resolve_dtype(self.spec, self.device)
+        if saved is not None:
+            self.load_state_dict(saved)  # restores the RNG last: model construction must not disturb it
+        self.train_model = self.wrap_model(self.model)
+        return self
+
+    def build_data(self) -> None:
+        """Token rows for training and validation, and the resumable loader over the train rows."""
+        info, data, spec = self.info, self.data_spec, self.spec
+        # Rank 0 tokenizes first and fills the token cache; the other ranks then read it.
+        if not info.is_main:
             dist.barrier(info)
-    val = val_rows(PackedRows(val_tokens, data_spec.seq_len), spec.eval_batches * spec.micro_batch_size)
-    loader = TrainLoader(train_rows, micro_batch=spec.micro_batch_size, grad_accum=spec.grad_accum,
-                         seed=spec.seed, rank=info.rank, world_size=info.world_size)
-    model = ckpt.load_model(resume_dir) if resume else build_model(cfg, tokenizer)
-    model.to(device)
-    model.train()
-    optimizer = build_optimizer(model, spec)
-    start_step = 0
-    if resume:
         try:
-            optimizer.load_state_dict(state["optimizer"])
+            self.train_rows = PackedRows(load_tokens(data, "train", self.tokenizer, spec.seed), data.seq_len)
+            self.val_tokens = load_tokens(data, "val", self.tokenizer, spec.seed)
+        finally:
+            if info.is_main:
+                dist.barrier(info)
+        self.val_rows = val_rows(PackedRows(self.val_tokens, data.seq_len), spec.eval_batches * spec.micro_batch_size)
+        self.loader = TrainLoader(self.train_rows, micro_batch=spec.micro_batch_size, grad_accum=spec.grad_accum,
+                                  seed=spec.seed, rank=info.rank, world_size=info.world_size)
+
+    def build_model(self):
+        return ckpt.load_model(self.resume_dir) if self.resume else build_model(self.cfg, self.tokenizer)
+
+    def wrap_model(self, model):
+        """The module the training step calls: DDP when distributed, else `model` itself."""
+        return dist.wrap_model(model, self.info, self.device, self.spec.ddp_find_unused_parameters)
+
+    # ---- checkpointed state: gathered here and nowhere else ----------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
+                "data": self.loader.state_dict(), "config": self.cfg, "world_size": self.info.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as err:
-            raise ValueError(f"checkpoint {resume_dir}: optimizer state does not match the model ({err})") from None
-        loader.load_state_dict(state["data"])
-        start_step = int(state["step"])
-        if start_step >= spec.max_steps:
             raise ValueError(
-                f"checkpoint {resume_dir} is at step {start_step} >= train.max_steps={spec.max_steps}: "
-                f"raise it with --set train.max_steps=N to train further"
+                f"checkpoint {self.resume_dir}: optimizer state does not match the model ({err})"
+            ) from None
+        self.loader.load_state_dict(state["data"])
+        self.step = self.start_step = int(state["step"])
+        if self.start_step >= self.spec.max_steps:
+            raise ValueError(
+                f"checkpoint {self.resume_dir} is at step {self.start_step} >= train.max_steps="
+                f"{self.spec.max_steps}: raise it with --set train.max_steps=N to train further"
             )
-    amp_dtype = _resolve_dtype(spec, device)
-    byte_level = is_byte_level(tokenizer)
-    full_cfg = dict(cfg)
-    full_cfg["tokenizer"] = {"spec": data_spec.tokenizer, "byte_level": byte_level, "vocab": len(tokenizer),
-                             "eos_token_id": tokenizer.eos_token_id}
-    full_cfg["model_config"] = dist.unwrap(model).config.to_dict()
-    full_cfg["n_parameters"] = count_parameters(model)
-    full_cfg["world_size"] = info.world_size
-    full_cfg["data_stats"] = {"train_tokens": int(len(train_rows.tokens)), "train_rows": len(train_rows),
-                              "val_tokens": int(len(val_tokens)), "val_rows_used": int(len(val))}
+        set_rng_state(state["rng"])
 
-    # ---- from here on the run directory is written (rank 0 only) --------------------------------
-    metrics_path = run_dir / "metrics.jsonl"
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.write_text_atomic(run_dir / "train_config.json", json.dumps(full_cfg, indent=2, default=str) + "\n")
-        if resume:
-            _append_jsonl(metrics_path, {"event": "resume", "step": start_step, "from": resume_dir.name})
-        elif metrics_path.exists():
-            # A fresh run in a directory whose earlier attempt died before its first checkpoint:
-            # keep the old log beside the new one rather than mixing or deleting it.
-            os.replace(metrics_path, run_dir / f"metrics.{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
-    dist.barrier(info)
-    if resume:
-        set_rng_state(state["rng"])  # last: model construction and loading must not disturb it
+    def save_checkpoint(self) -> None:
+        if self.info.is_main:
+            ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, self.state_dict(),
+                                 keep=self.spec.keep_checkpoints)
+        dist.barrier(self.info)
 
-    train_model = dist.wrap_model(model, info, device, spec.ddp_find_unused_parameters)
-    tokens_per_step = loader.global_batch * data_spec.seq_len
-    bar = None
-    if progress and info.is_main:
-        from tqdm.auto import tqdm
+    # ---- the run directory and metrics -------------------------------------------------------------
+    def run_record(self) -> dict:
+        """train_config.json: the resolved config plus what the run derived from it."""
+        full_cfg = dict(self.cfg)
+        full_cfg["tokenizer"] = {"spec": self.data_spec.tokenizer, "byte_level": is_byte_level(self.tokenizer),
+                                 "vocab": len(self.tokenizer), "eos_token_id": self.tokenizer.eos_token_id}
+        full_cfg["model_config"] = self.model.config.to_dict()
+        full_cfg["n_parameters"] = count_parameters(self.model)
+        full_cfg["world_size"] = self.info.world_size
+        full_cfg["data_stats"] = {"train_tokens": int(len(self.train_rows.tokens)), "train_rows": len(self.train_rows),
+                                  "val_tokens": int(len(self.val_tokens)), "val_rows_used": int(len(self.val_rows))}
+        return full_cfg
 
-        bar = tqdm(total=spec.max_steps, initial=start_step, desc=f"train {cfg['method']}", dynamic_ncols=True)
-    last: dict = {}
-    last_val: dict = {}
-    window_t, window_steps = time.time(), 0
-    ema = None
-    step = start_step
-    while step < spec.max_steps:
-        lr = lr_at(step, lr=spec.lr, min_lr=spec.min_lr, warmup_steps=spec.warmup_steps, max_steps=spec.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        micro = loader.next_step()
+    def prepare_run_dir(self) -> None:
+        """The first write of the run (rank 0 only)."""
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(self.run_record(), indent=2, default=str) + "\n"
+            ckpt.write_text_atomic(self.run_dir / "train_config.json", text)
+            if self.resume:
+                self.log({"event": "resume", "step": self.start_step, "from": self.resume_dir.name})
+            elif self.metrics_path.exists():
+                # A fresh run in a directory whose earlier attempt died before its first checkpoint:
+                # keep the old log beside the new one rather than mixing or deleting it.
+                os.replace(self.metrics_path, self.run_dir / f"metrics.{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+        dist.barrier(self.info)
+
+    def log(self, record: dict) -> None:
+        """Append one metrics record (rank 0 only)."""
+        if self.info.is_main:
+            _append_jsonl(self.metrics_path, record)
+
+    # ---- one optimizer step ------------------------------------------------------------------------
+    def forward(self, x):
+        """Model output for one micro-batch: `.loss` (what is minimised), `.ce_loss`, `.align_loss`,
+        `.attention_mode`."""
+        with _autocast(self.device, self.amp_dtype):
+            return self.train_model(x, labels=x)
+
+    def forward_backward(self, micro: list) -> tuple[list[float], Counter]:
+        """Accumulate gradients over the micro-batches; mean (loss, ce, align) across ranks."""
+        import torch
+
         sums = np.zeros(3)
         modes: Counter = Counter()
         for i, batch in enumerate(micro):
-            x = torch.from_numpy(batch).to(device)
-            with dist.no_sync(train_model, skip=i < len(micro) - 1), _autocast(device, amp_dtype):
-                out = train_model(x, labels=x)
+            x = torch.from_numpy(batch).to(self.device)
+            with dist.no_sync(self.train_model, skip=i < len(micro) - 1):
+                out = self.forward(x)
                 loss = out.loss / len(micro)
             loss.backward()
             sums += [float(out.loss.detach()), float(out.ce_loss.detach()), float(out.align_loss.detach())]
             modes[out.attention_mode] += 1
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip if spec.grad_clip > 0 else math.inf))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        window_steps += 1
-        loss_v, ce_v, align_v = dist.mean_across_ranks(sums / len(micro), info, device)
+        return dist.mean_across_ranks(sums / len(micro), self.info, self.device), modes
+
+    def clip_gradients(self) -> float:
+        """Clip to `train.grad_clip` (0 = no clipping); the total norm before clipping."""
+        import torch
+
+        limit = self.spec.grad_clip if self.spec.grad_clip > 0 else math.inf
+        return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit))
+
+    def train_step(self) -> dict:
+        """One optimizer step over `grad_accum` micro-batches; the step's metrics record."""
+        spec = self.spec
+        lr = lr_at(self.step, lr=spec.lr, min_lr=spec.min_lr, warmup_steps=spec.warmup_steps,
+                   max_steps=spec.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        (loss_v, ce_v, align_v), modes = self.forward_backward(self.loader.next_step())
+        grad_norm = self.clip_gradients()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
         if not math.isfinite(loss_v):
-            raise FloatingPointError(f"loss became {loss_v} at step {step}; last checkpoint is kept in {run_dir}")
-        ema = loss_v if ema is None else 0.9 * ema + 0.1 * loss_v
-        now = time.time()
-        tok_s = window_steps * tokens_per_step / max(now - window_t, 1e-9)
-        last = {"step": step, "tokens": step * tokens_per_step, "loss": loss_v, "ce_loss": ce_v,
-                "align_loss": align_v, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tok_s,
-                "attention_modes": dict(modes), "epoch": loader.epoch, "elapsed_s": now - t_start}
-        if info.is_main and (step % spec.log_every == 0 or step == spec.max_steps or step == start_step + 1):
-            _append_jsonl(metrics_path, last)
-            window_t, window_steps = now, 0
+            raise FloatingPointError(f"loss became {loss_v} at step {self.step}; last checkpoint is kept in {self.run_dir}")
+        return {"step": self.step, "tokens": self.step * self.tokens_per_step, "loss": loss_v, "ce_loss": ce_v,
+                "align_loss": align_v, "lr": lr, "grad_norm": grad_norm, "attention_modes": dict(modes),
+                "epoch": self.loader.epoch}
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.loader.global_batch * self.data_spec.seq_len
+
+    # ---- validation --------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Validation CE per mode (rank 0 only); logged, and returned ({} when there is no val data)."""
+        record: dict = {}
+        if self.info.is_main:
+            ce = evaluate(self.model, self.val_rows, method=self.cfg["method"], micro_batch=self.spec.micro_batch_size,
+                          device=self.device, amp_dtype=self.amp_dtype)
+            if ce:
+                record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "val_ce": ce}
+                if is_byte_level(self.tokenizer):
+                    record["val_bpb"] = {m: v / math.log(2) for m, v in ce.items()}
+                self.log(record)
+        dist.barrier(self.info)
+        return record
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def _due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step == self.spec.max_steps
+
+    def fit(self) -> dict:
+        spec = self.spec
+        self.prepare_run_dir()
+        bar = self._progress_bar()
+        last: dict = {}
+        last_val: dict = {}
+        window_t, window_steps = time.time(), 0
+        ema = None
+        while self.step < spec.max_steps:
+            last = self.train_step()
+            window_steps += 1
+            now = time.time()
+            last["tokens_per_s"] = window_steps * self.tokens_per_step / max(now - window_t, 1e-9)
+            last["elapsed_s"] = now - self.t_start
+            if self.step % spec.log_every == 0 or self.step == spec.max_steps or self.step == self.start_step + 1:
+                self.log(last)
+                window_t, window_steps = now, 0
+            ema = last["loss"] if ema is None else 0.9 * ema + 0.1 * last["loss"]
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{ema:.3f}", ce=f"{last['ce_loss']:.3f}", align=f"{last['align_loss']:.2e}",
+                                lr=f"{last['lr']:.1e}", tok_s=f"{last['tokens_per_s']:,.0f}", refresh=False)
+            if self._due(spec.eval_every):
+                last_val = self.evaluate() or last_val
+                if bar is not None and last_val.get("step") == self.step:
+                    bar.write(f"step {self.step}: val ce " + ", ".join(f"{m} {v:.4f}" for m, v in last_val["val_ce"].items()))
+            if self._due(spec.save_every):
+                self.save_checkpoint()
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{ema:.3f}", ce=f"{ce_v:.3f}", align=f"{align_v:.2e}", lr=f"{lr:.1e}",
-                            tok_s=f"{tok_s:,.0f}", refresh=False)
-        if step % spec.eval_every == 0 or step == spec.max_steps:
-            if info.is_main:
-                ce = evaluate(dist.unwrap(train_model), val, method=cfg["method"], micro_batch=spec.micro_batch_size,
-                              device=device, amp_dtype=amp_dtype)
-                if ce:
-                    last_val = {"step": step, "tokens": step * tokens_per_step, "val_ce": ce}
-                    if byte_level:
-                        last_val["val_bpb"] = {m: v / math.log(2) for m, v in ce.items()}
-                    _append_jsonl(metrics_path, last_val)
-                    if bar is not None:
-                        bar.write(f"step {step}: val ce " + ", ".join(f"{m} {v:.4f}" for m, v in ce.items()))
-            dist.barrier(info)
-        if step % spec.save_every == 0 or step == spec.max_steps:
-            if info.is_main:
-                training_state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                                  "data": loader.state_dict(), "config": cfg, "world_size": info.world_size}
-                ckpt.save_checkpoint(run_dir, step, dist.unwrap(train_model), tokenizer, training_state,
-                                     keep=spec.keep_checkpoints)
-            dist.barrier(info)
-    if bar is not None:
-        bar.close()
-    return {"run_dir": str(run_dir), "step": step, "last": last, "val": last_val,
-            "wall_s": time.time() - t_start, "n_parameters": full_cfg["n_parameters"]}
+            bar.close()
+        return {"run_dir": str(self.run_dir), "step": self.step, "last": last, "val": last_val,
+                "wall_s": time.time() - self.t_start, "n_parameters": count_parameters(self.model)}
+
+    def _progress_bar(self):
+        if not (self.progress and self.info.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.spec.max_steps, initial=self.start_step, desc=f"train {self.cfg['method']}",
+                    dynamic_ncols=True)
