@@ -62,7 +62,7 @@ def _export_run(args, overrides) -> int:
     out.mkdir(parents=True, exist_ok=True)
     keep = [p for p in step.iterdir() if p.is_file() and (p.suffix in (".json", ".safetensors", ".model", ".txt"))]
     for p in keep:
-        shutil.copy2(p, out / p.name)
+        shutil.copyfile(p, out / p.name)  # new files, modes from the umask (not the source's 0600 weights)
     if overrides:
         from ssa.model import SSAConfig
 

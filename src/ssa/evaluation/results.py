@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
+
+from ssa.training.checkpoint import write_text_atomic
 
 KINDS = ("perplexity", "attention", "extrapolation", "retrieval", "commonsense")
 
@@ -18,10 +18,7 @@ def write_result(path: Path, kind: str, meta: dict, settings: dict, payload: dic
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"kind": kind, "tag": tag, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "meta": meta, "settings": settings, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(_clean(doc), fh, indent=1)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(_clean(doc), indent=1))
     return path
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..filemode import apply_umask
 from .config import METHODS, SSAConfig
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -171,9 +172,11 @@ def convert_llama(src, out_dir, method: str = "ssa", overwrite: bool = False, **
     model.load_state_dict(weights, strict=True, assign=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
+    for weights_file in out_dir.glob("*.safetensors"):
+        apply_umask(weights_file)  # safetensors writes 0600: teammates could not load the model
     copied = []
     for name in TOKENIZER_FILES:
         if (src / name).is_file():  # the source's generation defaults (eos ids, sampling) win
-            shutil.copy2(src / name, out_dir / name)
+            shutil.copyfile(src / name, out_dir / name)
             copied.append(name)
     return out_dir, config, copied

@@ -22,6 +22,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ssa.filemode import apply_umask, apply_umask_tree
+
 STATE_FILE = "training_state.pt"
 LATEST = "latest"
 STEP_PREFIX = "step_"
@@ -68,6 +70,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        apply_umask(tmp)  # mkstemp's 0600 would hide the file from everyone else
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -92,6 +95,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, training_state: 
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         torch.save(training_state, tmp / STATE_FILE)
+        apply_umask_tree(tmp)  # mkdtemp (0700) and safetensors (0600) would hide it from everyone else
         _fsync_tree(tmp)
         if final.exists():
             # Re-saving a step (e.g. after a resume): move the old copy aside first, drop it after.
