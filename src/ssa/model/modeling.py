@@ -279,13 +279,11 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         given, so training and evaluation passes never keep K/V copies. `attention_mask` may only
         mark left padding of the prompt. `logits_to_keep=N` computes logits of the last N columns.
         """
+        # Every check runs before the cache is touched: a call that raises leaves it as it was.
+        _check_outputs_request(input_ids, labels, logits_to_keep)
         plan = self.plan(attention_mode, block_count, block_size, output_attention_stats)
         cache = self._cache_for_call(plan, past_key_values, use_cache, attention_mask, position_ids)
         hidden, aligns, stats = self.model(input_ids, plan, position_ids=position_ids, cache=cache, attention_mask=attention_mask)
-        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
-            raise ValueError(f"logits_to_keep must be an int >= 0 (0 keeps all), got {logits_to_keep!r}")
-        if logits_to_keep and labels is not None:
-            raise ValueError("logits_to_keep must be 0 when labels are given (the loss needs every position)")
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
@@ -365,6 +363,17 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
             "use_cache": use_cache, "attention_mode": attention_mode, "block_count": block_count,
             "block_size": block_size, "logits_to_keep": logits_to_keep,
         }
+
+
+def _check_outputs_request(input_ids, labels, logits_to_keep) -> None:
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be an int >= 0 (0 keeps all), got {logits_to_keep!r}")
+    if labels is None:
+        return
+    if logits_to_keep:
+        raise ValueError("logits_to_keep must be 0 when labels are given (the loss needs every position)")
+    if tuple(labels.shape) != tuple(input_ids.shape):
+        raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
 
 
 def _right_padded_or_full(attention_mask) -> bool:
