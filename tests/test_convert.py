@@ -50,6 +50,17 @@ def test_converted_model_reproduces_llama_logits(tmp_path, tie, llama3):
     assert torch.equal(cached, ref)
 
 
+def test_conversion_with_a_padded_vocabulary_keeps_the_logits(tmp_path):
+    llama = save_llama(tmp_path / "llama", tie=False, vocab_size=60)
+    assert main(["convert", "--from-llama", str(tmp_path / "llama"), "--out", str(tmp_path / "ssa"),
+                 "--pad-vocab-multiple", "64"]) == 0
+    ssa = SSAForCausalLM.from_pretrained(tmp_path / "ssa").eval()
+    assert ssa.config.padded_vocab_size == 64 and ssa.lm_head.weight.shape[0] == 64
+    ids = torch.randint(1, 60, (1, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(ssa(ids, attention_mode="full").logits, llama(ids).logits, atol=1e-6, rtol=1e-5)
+
+
 def test_rope_settings_read_both_transformers_layouts():
     v4 = {"rope_theta": 500000.0, "rope_scaling": dict(LLAMA3)}
     v5 = {"rope_parameters": dict(LLAMA3, rope_theta=500000.0)}

@@ -16,6 +16,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", default="ssa", help="attention method of the converted model: full, moba, nsa, ssa (default ssa)")
     parser.add_argument("--block-size", type=int, default=None, help="tokens per block (default 16)")
     parser.add_argument("--block-count", type=int, default=None, help="blocks per query at sparse inference (default 16)")
+    parser.add_argument("--pad-vocab-multiple", type=int, default=None,
+                        help="--from-llama: pad embedding/head rows to a multiple of this (e.g. 64; padded ids "
+                             "are never output)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
 
 
@@ -36,6 +39,12 @@ def run(args) -> int:
     if args.method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {args.method!r}")
     overrides = _budget(args)
+    if args.pad_vocab_multiple is not None:
+        if not args.from_llama:
+            raise ValueError("--pad-vocab-multiple applies to --from-llama only (a run keeps its trained vocabulary rows)")
+        if args.pad_vocab_multiple < 1:
+            raise ValueError(f"--pad-vocab-multiple must be >= 1, got {args.pad_vocab_multiple}")
+        overrides["pad_vocab_multiple"] = args.pad_vocab_multiple
     if args.from_llama:
         from ssa.model.convert import convert_llama
 

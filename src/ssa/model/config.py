@@ -33,6 +33,7 @@ class SSAConfig(PretrainedConfig):
         self,
         method: str = "ssa",
         vocab_size: int = 50257,
+        pad_vocab_multiple: int = 1,
         hidden_size: int = 1024,
         intermediate_size: int | None = None,
         num_hidden_layers: int = 24,
@@ -69,7 +70,7 @@ class SSAConfig(PretrainedConfig):
             ("vocab_size", vocab_size), ("hidden_size", hidden_size), ("num_hidden_layers", num_hidden_layers),
             ("num_attention_heads", num_attention_heads), ("block_size", block_size),
             ("block_count", block_count), ("nsa_window", nsa_window),
-            ("max_position_embeddings", max_position_embeddings),
+            ("max_position_embeddings", max_position_embeddings), ("pad_vocab_multiple", pad_vocab_multiple),
         ]:
             _positive_int(name, value)
         num_key_value_heads = num_key_value_heads or num_attention_heads
@@ -99,6 +100,9 @@ class SSAConfig(PretrainedConfig):
 
         self.method = method
         self.vocab_size = vocab_size
+        # Embedding / head rows are padded up to a multiple of this (a matmul N that is a multiple
+        # of 64 runs faster); the padded ids are never produced: logits and the loss drop them.
+        self.pad_vocab_multiple = pad_vocab_multiple
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
         self.num_hidden_layers = num_hidden_layers
@@ -126,6 +130,12 @@ class SSAConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
             pad_token_id=pad_token_id, **kwargs,
         )
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and the LM head: vocab_size rounded up to pad_vocab_multiple."""
+        m = getattr(self, "pad_vocab_multiple", 1) or 1
+        return -(-self.vocab_size // m) * m
 
     @property
     def inference_mode(self) -> str:

@@ -144,6 +144,11 @@ def map_llama_weights(state: dict, config: SSAConfig) -> dict[str, torch.Tensor]
             unknown.append(name)
     if unknown:
         raise ValueError(f"incompatible architecture: unexpected weights {unknown[:3]}{' ...' if len(unknown) > 3 else ''}")
+    # A padded vocabulary (config.pad_vocab_multiple) gets zero rows; the model never outputs them.
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in out and out[name].shape[0] < config.padded_vocab_size:
+            w = out[name]
+            out[name] = torch.cat([w, w.new_zeros(config.padded_vocab_size - w.shape[0], w.shape[1])])
     dtype = out["model.embed_tokens.weight"].dtype
     for i in range(config.num_hidden_layers):
         gates = (3 if config.method == "nsa" else 1) * config.num_attention_heads

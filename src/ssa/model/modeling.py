@@ -18,6 +18,7 @@ from .. import ops
 from ..ops import decode as decode_ops
 from .cache import CacheStep, SSACache
 from .config import SSAConfig, check_inference_settings
+from .loss import IGNORE_INDEX, linear_cross_entropy
 from .objective import alignment_loss, draw_mode
 from .rope import RotaryEmbedding, apply_rope
 
@@ -198,7 +199,7 @@ class SSAPreTrainedModel(PreTrainedModel):
 class SSAModel(SSAPreTrainedModel):
     def __init__(self, config: SSAConfig):
         super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = nn.Embedding(config.padded_vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_llama3_scaling)
@@ -235,7 +236,7 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = SSAModel(config)
         # Tied embeddings reuse embed_tokens directly instead of relying on weight-tying hooks.
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -278,6 +279,8 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         again with the new ids only. `use_cache=None` builds no cache unless `past_key_values` is
         given, so training and evaluation passes never keep K/V copies. `attention_mask` may only
         mark left padding of the prompt. `logits_to_keep=N` computes logits of the last N columns.
+        With `labels` the call returns the losses and `logits=None` (the loss is computed in chunks
+        so that the float32 logits of the whole batch never exist).
         """
         # Every check runs before the cache is touched: a call that raises leaves it as it was.
         _check_outputs_request(input_ids, labels, logits_to_keep)
@@ -287,15 +290,18 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        logits = F.linear(hidden, weight)
+        vocab = self.config.vocab_size
 
         align_loss = torch.stack(aligns).mean() if aligns else hidden.new_zeros((), dtype=torch.float32)
-        loss = ce_loss = None
+        loss = ce_loss = logits = None
         if labels is not None:
-            ce_loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
-            )
+            # The loss never materialises the logits of the whole batch (model/loss.py), so a call
+            # with labels returns no logits. Position t predicts labels[t + 1]; the last has none.
+            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+            ce_loss = linear_cross_entropy(hidden.flatten(0, 1), weight, targets.flatten(), vocab)
             loss = ce_loss + self.config.alpha * align_loss if aligns else ce_loss
+        else:
+            logits = F.linear(hidden, weight)[..., :vocab]  # padded vocabulary rows are never output
         return SSACausalLMOutput(
             loss=loss, logits=logits, ce_loss=ce_loss, align_loss=align_loss,
             attention_mode=plan.mode, attention_stats=stats or None,

@@ -1,0 +1,83 @@
+"""Next-token cross-entropy of the LM head without the logits of the whole batch.
+
+`F.cross_entropy(F.linear(h, W).float(), y)` holds the float32 logits [tokens, vocab] and their
+gradient at once: at 16 x 2048 tokens and a 50k vocabulary that is 6.6 GB each. Here the rows are
+taken in chunks; each chunk's logits live only inside the loop. Because the loss is a scalar, the
+gradients of the hidden states and of the head weight are computed in the same pass (chunk by
+chunk) and kept; backward only scales them by the incoming gradient. Forward therefore costs the
+three matmuls a normal forward + backward would, and never more than one chunk of logits.
+
+Padded vocabulary: rows of the head beyond `vocab_size` (added so the matmul's N is a multiple of
+64) are dropped before the softmax, so padded ids get no probability mass and no gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -100
+# Elements of one float32 logits chunk (rows * vocab): 2**26 floats = 256 MiB.
+CHUNK_ELEMENTS = 2 ** 26
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk_rows: int):
+        ctx.weight_dtype = weight.dtype
+        n_valid = int((targets != IGNORE_INDEX).sum())
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax and sums: float32 at least
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        w = weight[:vocab_size]
+        total = hidden.new_zeros((), dtype=acc)
+        for r0 in range(0, hidden.shape[0], chunk_rows):
+            h = hidden[r0:r0 + chunk_rows]
+            y = targets[r0:r0 + chunk_rows]
+            logits = (h @ w.t()).to(acc)
+            valid = y != IGNORE_INDEX
+            y_safe = torch.where(valid, y, 0)
+            lse = torch.logsumexp(logits, dim=-1)
+            picked = logits.gather(1, y_safe[:, None]).squeeze(1)
+            total += ((lse - picked) * valid).sum()
+            if need_h or need_w:
+                # d loss / d logits = softmax - onehot, for valid rows, divided by the valid count.
+                grad = torch.exp(logits.sub_(lse[:, None]))
+                grad.scatter_add_(1, y_safe[:, None], -torch.ones_like(picked)[:, None])
+                grad.mul_((valid.to(acc) / max(n_valid, 1))[:, None])
+                grad = grad.to(hidden.dtype)
+                if need_h:
+                    grad_h[r0:r0 + chunk_rows] = grad @ w
+                if need_w:
+                    grad_w[:vocab_size] += (grad.t() @ h).to(acc)
+        ctx.save_for_backward(grad_h, grad_w)
+        return total / max(n_valid, 1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        dh = None if grad_h is None else grad_h * grad_out.to(grad_h.dtype)
+        dw = None if grad_w is None else (grad_w * grad_out).to(ctx.weight_dtype)
+        return dh, dw, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         vocab_size: int | None = None, chunk_rows: int | None = None) -> torch.Tensor:
+    """Mean CE of `targets` under logits `hidden @ weight[:vocab_size].T`, float32, chunked.
+
+    hidden [N, H], weight [V_padded, H], targets [N] int (IGNORE_INDEX rows are skipped). Under
+    autocast the matmuls run in the autocast dtype, as `F.linear` would; softmax is float32.
+    """
+    vocab_size = weight.shape[0] if vocab_size is None else vocab_size
+    if not 1 <= vocab_size <= weight.shape[0]:
+        raise ValueError(f"vocab_size must be in [1, {weight.shape[0]}], got {vocab_size}")
+    if hidden.ndim != 2 or targets.shape != hidden.shape[:1]:
+        raise ValueError(f"hidden must be [N, H] and targets [N]; got {tuple(hidden.shape)} and {tuple(targets.shape)}")
+    dev = hidden.device.type
+    if torch.is_autocast_enabled(dev):
+        dtype = torch.get_autocast_dtype(dev)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    if chunk_rows is None:
+        chunk_rows = max(1, CHUNK_ELEMENTS // vocab_size)
+    with torch.autocast(dev, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, chunk_rows)
