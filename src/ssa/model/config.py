@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import PretrainedConfig
 
 METHODS = ("full", "moba", "nsa", "ssa")
@@ -23,6 +25,15 @@ def _choice(name: str, value, allowed) -> None:
 def _positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _finite_number(name: str, value, *, low: float, low_open: bool = False, high: float | None = None) -> None:
+    """A real number (not a bool, string or NaN) in [low, high], or (low, high] with `low_open`."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        raise ValueError(f"{name} must be a finite number {bounds}, got {value!r}")
 
 
 class SSAConfig(PretrainedConfig):
@@ -79,16 +90,20 @@ class SSAConfig(PretrainedConfig):
             raise ValueError(
                 f"num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})"
             )
-        if head_dim is None:
+        if head_dim is not None:
+            _positive_int("head_dim", head_dim)
+        else:
             if hidden_size % num_attention_heads:
                 raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads}) unless head_dim is given")
             head_dim = hidden_size // num_attention_heads
         if intermediate_size is None:  # SwiGLU's usual 8/3 * hidden, rounded up to a multiple of 64
             intermediate_size = -(-(8 * hidden_size // 3) // 64) * 64
-        if not 0.0 <= full_ratio <= 1.0:
-            raise ValueError(f"full_ratio must be in [0, 1], got {full_ratio}")
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        _positive_int("intermediate_size", intermediate_size)
+        _finite_number("full_ratio", full_ratio, low=0.0, high=1.0)
+        _finite_number("alpha", alpha, low=0.0)
+        _finite_number("rope_theta", rope_theta, low=0.0, low_open=True)
+        _finite_number("rms_norm_eps", rms_norm_eps, low=0.0, low_open=True)
+        _finite_number("initializer_range", initializer_range, low=0.0)
         _choice("align_direction", align_direction, ALIGN_DIRECTIONS)
         _choice("align_loss", align_loss, ALIGN_LOSSES)
         _choice("align_on", align_on, ALIGN_ON)

@@ -283,6 +283,7 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         so that the float32 logits of the whole batch never exist).
         """
         # Every check runs before the cache is touched: a call that raises leaves it as it was.
+        _check_input_ids(input_ids, self.config.vocab_size)
         _check_outputs_request(input_ids, labels, logits_to_keep)
         plan = self.plan(attention_mode, block_count, block_size, output_attention_stats)
         cache = self._cache_for_call(plan, past_key_values, use_cache, attention_mask, position_ids)
@@ -387,3 +388,18 @@ def _right_padded_or_full(attention_mask) -> bool:
     mask = attention_mask.bool()
     ones = mask.sum(1, keepdim=True)
     return bool((mask == (torch.arange(mask.shape[1], device=mask.device)[None, :] < ones)).all())
+
+
+def _check_input_ids(input_ids, vocab_size: int) -> None:
+    """[batch, seq] integer ids inside the vocabulary: out-of-range ids would index past the
+    embedding (an opaque IndexError on CPU, a device-side assert on CUDA)."""
+    if not torch.is_tensor(input_ids) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if torch.is_tensor(input_ids) else type(input_ids).__name__
+        raise ValueError(f"input_ids must be a 2-D tensor [batch, seq] of token ids, got {shape}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.numel() == 0 or torch.compiler.is_compiling():
+        return
+    lo, hi = (int(v) for v in torch.aminmax(input_ids))
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"input_ids must lie in [0, vocab_size={vocab_size}), got ids from {lo} to {hi}")
