@@ -33,6 +33,8 @@ class AttentionPlan:
     block_count: int
     align: bool  # add the per-layer alignment loss (SSA training)
     want_stats: bool = False
+    # Packed documents: int32 boundaries over the flattened [B * T] tokens (ssa.ops convention), or None.
+    cu_seqlens: torch.Tensor | None = None
 
 
 @dataclass
@@ -84,27 +86,38 @@ class GatedAttention(nn.Module):
         return self.o_proj(out.reshape(B, T, -1)), align, stats
 
     def _select(self, q, k, plan):
-        return ops.select_blocks(q, k, plan.block_size, plan.block_count, self.scale, backend=self.config.backend)
+        return ops.select_blocks(q, k, plan.block_size, plan.block_count, self.scale, backend=self.config.backend,
+                                 cu_seqlens=plan.cu_seqlens)
 
     def _attend(self, q, k, v, gates, plan):
-        cfg, backend = self.config, self.config.backend
+        if plan.cu_seqlens is None:
+            return self._attend_rows(q, k, v, gates, plan)
+        # Packed documents: the rows become one sequence of documents (the boundaries include every
+        # row start), which is the varlen layout of the ops.
+        B, T = q.shape[:2]
+        out, align, indices = self._attend_rows(*(x.reshape(1, B * T, *x.shape[2:]) for x in (q, k, v, gates)), plan)
+        return out.view(B, T, *out.shape[2:]), align, indices
+
+    def _attend_rows(self, q, k, v, gates, plan):
+        cfg, backend, cu = self.config, self.config.backend, plan.cu_seqlens
         if cfg.method == "nsa":
             indices = self._select(q, k, plan)
             branches = (
-                ops.compressed_attention(q, k, v, plan.block_size, self.scale, backend=backend),
-                ops.block_sparse_attention(q, k, v, plan.block_size, plan.block_count, indices, self.scale, backend=backend),
-                ops.sliding_window_attention(q, k, v, cfg.nsa_window, self.scale, backend=backend),
+                ops.compressed_attention(q, k, v, plan.block_size, self.scale, backend=backend, cu_seqlens=cu),
+                ops.block_sparse_attention(q, k, v, plan.block_size, plan.block_count, indices, self.scale,
+                                           backend=backend, cu_seqlens=cu),
+                ops.sliding_window_attention(q, k, v, cfg.nsa_window, self.scale, backend=backend, cu_seqlens=cu),
             )
             return sum(gates[:, :, i] * o for i, o in enumerate(branches)), None, indices
 
         gate = gates[:, :, 0]
         raw, indices = {}, None
         if "full" in plan.streams:
-            raw["full"] = ops.full_attention(q, k, v, self.scale)
+            raw["full"] = ops.full_attention(q, k, v, self.scale, cu_seqlens=cu)
         if "sparse" in plan.streams:
             indices = self._select(q, k, plan)
             raw["sparse"] = ops.block_sparse_attention(
-                q, k, v, plan.block_size, plan.block_count, indices, self.scale, backend=backend
+                q, k, v, plan.block_size, plan.block_count, indices, self.scale, backend=backend, cu_seqlens=cu
             )
         gated = {name: gate * o for name, o in raw.items()}
         align = None
@@ -119,11 +132,11 @@ class GatedAttention(nn.Module):
         layer = cache.write(self.layer_idx, k, v, step)
         if step.prefill:
             if not step.padded:
-                return self._attend(q, k, v, gates, plan)[0]
+                return self._attend_rows(q, k, v, gates, plan)[0]
             out = torch.zeros_like(q)  # padding columns: zeros, never attended to
             for b, c in enumerate(step.count):  # each row's real tokens, without its padding
                 rows = (slice(b, b + 1), slice(T - c, None))
-                out[rows] = self._attend(q[rows], k[rows], v[rows], gates[rows], plan)[0]
+                out[rows] = self._attend_rows(q[rows], k[rows], v[rows], gates[rows], plan)[0]
             return out
         max_start = max(step.start)
         # Column j sees the keys up to its own: every earlier column is already in the cache.
@@ -211,6 +224,8 @@ class SSAModel(SSAPreTrainedModel):
         if cache is not None:  # positions continue each row's cached tokens (left padding skipped)
             step = cache.begin(attention_mask, B, T, input_ids.device)
             position_ids = step.positions
+        elif position_ids is None and plan.cu_seqlens is not None:  # positions restart at every document
+            position_ids = document_positions(plan.cu_seqlens, B, T)
         elif position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device)[None].expand(B, T)
         cos, sin = self.rotary(position_ids)
@@ -271,7 +286,7 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
     def forward(
         self, input_ids, labels=None, attention_mode=None, block_count=None, block_size=None,
         position_ids=None, output_attention_stats=False, attention_mask=None, past_key_values=None,
-        use_cache=None, logits_to_keep: int = 0, **kwargs,
+        use_cache=None, logits_to_keep: int = 0, cu_seqlens=None, **kwargs,
     ):
         """Logits (and losses with `labels`) of one pass.
 
@@ -281,11 +296,23 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         mark left padding of the prompt. `logits_to_keep=N` computes logits of the last N columns.
         With `labels` the call returns the losses and `logits=None` (the loss is computed in chunks
         so that the float32 logits of the whole batch never exist).
+
+        Packed documents: `position_ids` that restart at 0 inside a row (the convention of
+        transformers' flattening collator) or `cu_seqlens` (int32 boundaries over the flattened
+        B * T tokens, every row start among them) make every document its own sequence in both
+        attention streams; positions restart per document, and the label of a document's first
+        token is ignored (nothing in its document predicts it).
         """
         # Every check runs before the cache is touched: a call that raises leaves it as it was.
         _check_input_ids(input_ids, self.config.vocab_size)
         _check_outputs_request(input_ids, labels, logits_to_keep)
         plan = self.plan(attention_mode, block_count, block_size, output_attention_stats)
+        if (cu_seqlens is not None or position_ids is not None) and past_key_values is None and not use_cache:
+            plan.cu_seqlens = packed_documents(input_ids.shape, position_ids, cu_seqlens)
+        if plan.cu_seqlens is not None and plan.want_stats:
+            raise ValueError("output_attention_stats does not support packed documents (cu_seqlens or restarting position_ids)")
+        if cu_seqlens is not None and (past_key_values is not None or use_cache):
+            raise ValueError("cu_seqlens (packed documents) cannot be combined with a KV cache")
         cache = self._cache_for_call(plan, past_key_values, use_cache, attention_mask, position_ids)
         hidden, aligns, stats = self.model(input_ids, plan, position_ids=position_ids, cache=cache, attention_mask=attention_mask)
         if logits_to_keep:
@@ -295,6 +322,8 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
 
         align_loss = torch.stack(aligns).mean() if aligns else hidden.new_zeros((), dtype=torch.float32)
         loss = ce_loss = logits = None
+        if labels is not None and plan.cu_seqlens is not None:
+            labels = labels.flatten().index_fill(0, plan.cu_seqlens[:-1].long(), IGNORE_INDEX).view_as(labels)
         if labels is not None:
             # The loss never materialises the logits of the whole batch (model/loss.py), so a call
             # with labels returns no logits. Position t predicts labels[t + 1]; the last has none.
@@ -381,6 +410,36 @@ def _check_outputs_request(input_ids, labels, logits_to_keep) -> None:
         raise ValueError("logits_to_keep must be 0 when labels are given (the loss needs every position)")
     if tuple(labels.shape) != tuple(input_ids.shape):
         raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+
+
+def packed_documents(shape, position_ids, cu_seqlens):
+    """Document boundaries over the flattened [B * T] tokens, or None for one document per row.
+
+    From `cu_seqlens` (checked: every row start must be a boundary) or from `position_ids` that
+    restart at 0 inside a row."""
+    B, T = shape
+    if cu_seqlens is not None:
+        if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise TypeError("cu_seqlens must be an int32 tensor [num_docs + 1] of boundaries over the B * T tokens")
+        rows = torch.arange(0, B * T + 1, T, device=cu_seqlens.device)
+        if not bool(torch.isin(rows, cu_seqlens).all()):
+            raise ValueError(f"cu_seqlens must contain every row boundary (multiples of seq_len={T} up to {B * T})")
+        return cu_seqlens.to(torch.int32)
+    if position_ids.shape != (B, T):
+        raise ValueError(f"position_ids must have shape [batch={B}, seq={T}], got {tuple(position_ids.shape)}")
+    starts = position_ids == 0
+    starts[:, 0] = True
+    if bool(starts[:, 1:].any()):
+        flat = starts.flatten().nonzero().flatten()
+        return torch.cat([flat, flat.new_tensor([B * T])]).to(torch.int32)
+    return None
+
+
+def document_positions(cu_seqlens: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """Position of every token inside its document, [B, T] (the boundaries are over B * T tokens)."""
+    t = torch.arange(B * T, device=cu_seqlens.device)
+    doc = torch.searchsorted(cu_seqlens.long(), t, right=True) - 1
+    return (t - cu_seqlens.long()[doc]).view(B, T)
 
 
 def _right_padded_or_full(attention_mask) -> bool:

@@ -5,6 +5,8 @@ Errors name the argument and what is allowed, so a user can fix the call without
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 BACKENDS = ("auto", "torch", "triton")
@@ -79,3 +81,49 @@ def check_block_indices(block_indices, B: int, T: int, HK: int, device) -> None:
         )
     if block_indices.device != device:
         raise ValueError(f"block_indices is on {block_indices.device} but q is on {device}")
+
+
+class TensorMemo:
+    """Values derived on the host from a small tensor, remembered for that tensor object while it
+    lives and is not modified in place (its version counter). A model passes one `cu_seqlens` to
+    every layer's ops, so reading its values (a device sync) then happens once per forward."""
+
+    def __init__(self):
+        self._entries: dict[int, tuple] = {}
+
+    def get(self, x: torch.Tensor, key):
+        hit = self._entries.get(id(x))
+        if hit is not None and hit[0]() is x and hit[1] == (x._version, key):
+            return hit[2]
+        return None
+
+    def put(self, x: torch.Tensor, key, value) -> None:
+        ident = id(x)
+        self._entries[ident] = (weakref.ref(x, lambda _: self._entries.pop(ident, None)), (x._version, key), value)
+
+
+_CHECKED_CU_SEQLENS = TensorMemo()
+
+
+def check_cu_seqlens(cu_seqlens, batch: int, seq_len: int, device) -> None:
+    """Document boundaries of a packed batch: int32/int64 [num_docs + 1], 0 first, seq_len last,
+    non-decreasing, on q's device, with batch size 1 (flash-attn's varlen convention)."""
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be an int32 torch.Tensor [num_docs + 1] or None, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must be int32 (or int64), got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must have shape [num_docs + 1] with num_docs >= 1, got {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.device != torch.device(device):
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {device}")
+    if batch != 1:
+        raise ValueError(f"with cu_seqlens the batch size must be 1 (documents concatenated along seq), got {batch}")
+    if _CHECKED_CU_SEQLENS.get(cu_seqlens, seq_len):
+        return
+    first, last, steps_ok = (int(x) for x in torch.stack([
+        cu_seqlens[0], cu_seqlens[-1], (cu_seqlens[1:] >= cu_seqlens[:-1]).all().to(cu_seqlens.dtype)]).tolist())
+    if first != 0 or last != seq_len or not steps_ok:
+        raise ValueError(
+            f"cu_seqlens must start at 0, end at seq_len={seq_len} and never decrease, got {cu_seqlens.tolist()}"
+        )
+    _CHECKED_CU_SEQLENS.put(cu_seqlens, seq_len, True)

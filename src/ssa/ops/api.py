@@ -2,6 +2,12 @@
 
 `backend="auto"` picks the Triton kernels for CUDA tensors when Triton is importable, and the
 pure-PyTorch reference otherwise. Both compute the same function up to floating-point tolerance.
+
+Packed documents follow flash-attn's varlen convention: batch size 1, the documents concatenated
+along the sequence, and `cu_seqlens` (int32 [num_docs + 1]: 0, end of document 1, ..., seq_len) their
+boundaries. Every document is then its own sequence: its tokens attend only to its own earlier
+tokens, its block grid starts at its first token, and block ids (given or returned) count from
+there. The result equals running the documents one at a time and concatenating.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ import importlib
 
 import torch
 
-from . import reference
-from ._checks import check_backend, check_block_indices, check_positive_int, check_qkv, check_scale
+from . import dense, reference
+from ._checks import (
+    check_backend, check_block_indices, check_cu_seqlens, check_positive_int, check_qkv, check_scale,
+)
 
 
 def _triton_module():
@@ -31,49 +39,66 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     return backend
 
 
-def select_blocks(q, k, block_size: int = 16, block_count: int = 16, scale=None, backend: str = "auto"):
+def select_blocks(q, k, block_size: int = 16, block_count: int = 16, scale=None, backend: str = "auto",
+                  cu_seqlens=None):
     """Top-`block_count` key blocks per query and KV head (DESIGN §1.1).
 
     Returns int32 [B, T, HK, block_count]: valid block ids sorted ascending, the query's own block
-    always among them, empty slots -1 at the end. Not differentiable (indices).
+    always among them, empty slots -1 at the end. Not differentiable (indices). With `cu_seqlens`
+    (packed documents, module docstring) only the query's own document's blocks are scored.
     """
     B, T, HQ, HK, D = check_qkv(q, k)
     check_positive_int("block_size", block_size)
     check_positive_int("block_count", block_count)
     scale = check_scale(scale, D)
+    if cu_seqlens is not None:
+        check_cu_seqlens(cu_seqlens, B, T, q.device)
     with torch.no_grad():
         if resolve_backend(backend, q) == "triton":
-            return _triton_module().select_blocks(q, k, block_size, block_count, scale)
-        return reference.select_blocks(q, k, block_size, block_count, scale)
+            return _triton_module().select_blocks(q, k, block_size, block_count, scale, cu_seqlens)
+        return reference.select_blocks(q, k, block_size, block_count, scale, cu_seqlens)
 
 
 def block_sparse_attention(
     q, k, v, block_size: int = 16, block_count: int = 16, block_indices=None, scale=None,
-    backend: str = "auto", return_lse: bool = False,
+    backend: str = "auto", return_lse: bool = False, cu_seqlens=None,
 ):
     """Causal attention of each query over its selected key blocks.
 
     With `block_indices=None` the blocks are chosen by `select_blocks`. Returns o [B, T, HQ, D]
-    (and the natural-log log-sum-exp [B, T, HQ] in float32 if `return_lse`).
+    (and the natural-log log-sum-exp [B, T, HQ] in float32 if `return_lse`). With `cu_seqlens`
+    (packed documents, module docstring) block ids count from the first token of the query's
+    document and keys of other documents are never seen.
     """
     B, T, HQ, HK, D = check_qkv(q, k, v)
     check_positive_int("block_size", block_size)
     check_positive_int("block_count", block_count)
     scale = check_scale(scale, D)
     backend = resolve_backend(backend, q)
+    if cu_seqlens is not None:
+        check_cu_seqlens(cu_seqlens, B, T, q.device)
     if block_indices is None:
-        block_indices = select_blocks(q, k, block_size, block_count, scale, backend)
+        block_indices = select_blocks(q, k, block_size, block_count, scale, backend, cu_seqlens)
     else:
         check_block_indices(block_indices, B, T, HK, q.device)
     if backend == "triton":
-        return _triton_module().block_sparse_attention(q, k, v, block_indices, block_size, scale, return_lse)
-    return reference.block_sparse_attention(q, k, v, block_indices, block_size, scale, return_lse)
+        return _triton_module().block_sparse_attention(
+            q, k, v, block_indices, block_size, scale, return_lse, cu_seqlens)
+    return reference.block_sparse_attention(q, k, v, block_indices, block_size, scale, return_lse, cu_seqlens)
 
 
-def full_attention(q, k, v, scale=None):
-    """Causal softmax attention with GQA, [B, T, H, D] layout (PyTorch SDPA underneath)."""
-    _, _, _, _, D = check_qkv(q, k, v)
-    return reference.full_attention(q, k, v, check_scale(scale, D))
+def full_attention(q, k, v, scale=None, cu_seqlens=None):
+    """Causal softmax attention with GQA, [B, T, H, D] layout (PyTorch SDPA underneath).
+
+    With `cu_seqlens` (packed documents, module docstring) each document attends only to itself:
+    on the GPU through PyTorch's varlen flash kernel where it exists, else SDPA per document.
+    """
+    B, T, _, _, D = check_qkv(q, k, v)
+    scale = check_scale(scale, D)
+    if cu_seqlens is None:
+        return reference.full_attention(q, k, v, scale)
+    check_cu_seqlens(cu_seqlens, B, T, q.device)
+    return dense.document_attention(q, k, v, scale, cu_seqlens)
 
 
 def _implementation(name: str, backend: str, x):
@@ -82,20 +107,32 @@ def _implementation(name: str, backend: str, x):
     return fast or getattr(reference, name)
 
 
-def compressed_attention(q, k, v, block_size: int = 16, scale=None, backend: str = "auto"):
-    """NSA compression branch over mean-pooled K/V of complete preceding blocks."""
-    _, _, _, _, D = check_qkv(q, k, v)
+def compressed_attention(q, k, v, block_size: int = 16, scale=None, backend: str = "auto", cu_seqlens=None):
+    """NSA compression branch over mean-pooled K/V of complete preceding blocks.
+
+    With `cu_seqlens` (packed documents) each document is run on its own: one launch per document."""
+    B, T, _, _, D = check_qkv(q, k, v)
     check_positive_int("block_size", block_size)
     scale = check_scale(scale, D)
-    return _implementation("compressed_attention", backend, q)(q, k, v, block_size, scale)
+    fn = _implementation("compressed_attention", backend, q)
+    if cu_seqlens is not None:
+        check_cu_seqlens(cu_seqlens, B, T, q.device)
+        return reference.per_document(lambda *x: fn(*x, block_size, scale), cu_seqlens, q, k, v)
+    return fn(q, k, v, block_size, scale)
 
 
-def sliding_window_attention(q, k, v, window: int = 128, scale=None, backend: str = "auto"):
-    """Causal attention over the last `window` positions (the query included)."""
-    _, _, _, _, D = check_qkv(q, k, v)
+def sliding_window_attention(q, k, v, window: int = 128, scale=None, backend: str = "auto", cu_seqlens=None):
+    """Causal attention over the last `window` positions (the query included).
+
+    With `cu_seqlens` (packed documents) each document is run on its own: one launch per document."""
+    B, T, _, _, D = check_qkv(q, k, v)
     check_positive_int("window", window)
     scale = check_scale(scale, D)
-    return _implementation("sliding_window_attention", backend, q)(q, k, v, window, scale)
+    fn = _implementation("sliding_window_attention", backend, q)
+    if cu_seqlens is not None:
+        check_cu_seqlens(cu_seqlens, B, T, q.device)
+        return reference.per_document(lambda *x: fn(*x, window, scale), cu_seqlens, q, k, v)
+    return fn(q, k, v, window, scale)
 
 
 ALIGN_DIRECTIONS = ("both", "sparsity", "commitment", "none")

@@ -5,6 +5,9 @@ computed in float32 (or float64 when given float64) and processed in chunks of q
 grows with T * n * s (sparse) or T * T / s (block scores of one chunk), never with T * T.
 
 No argument checking here: `ssa.ops.api` validates and then calls these functions.
+
+Packed documents (`cu_seqlens`, batch 1): the definition is running every document on its own and
+concatenating the results along the sequence, which is literally what `per_document` does.
 """
 
 from __future__ import annotations
@@ -86,8 +89,29 @@ def top_blocks(score: torch.Tensor, is_current: torch.Tensor, block_count: int) 
     return F.pad(chosen, (0, block_count - width), value=-1)
 
 
-def select_blocks(q, k, block_size: int, block_count: int, scale: float) -> torch.Tensor:
-    """Exact top-k block selection (DESIGN §1.1). Returns int32 [B, T, HK, block_count]."""
+def document_bounds(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
+    """[(start, end)] of every non-empty document of a `cu_seqlens` [num_docs + 1] tensor."""
+    cu = cu_seqlens.tolist()
+    return [(a, b) for a, b in zip(cu[:-1], cu[1:]) if b > a]
+
+
+def per_document(fn, cu_seqlens, *tensors):
+    """fn run on each document's slice [:, start:end] of the tensors, outputs concatenated on dim 1.
+
+    `fn` returns a tensor or a tuple of tensors; the tuple is concatenated element-wise.
+    """
+    outs = [fn(*(x[:, a:b] for x in tensors)) for a, b in document_bounds(cu_seqlens)]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(parts, 1) for parts in zip(*outs))
+    return torch.cat(outs, 1)
+
+
+def select_blocks(q, k, block_size: int, block_count: int, scale: float, cu_seqlens=None) -> torch.Tensor:
+    """Exact top-k block selection (DESIGN §1.1). Returns int32 [B, T, HK, block_count].
+
+    With `cu_seqlens` the block ids count from the first token of each query's document."""
+    if cu_seqlens is not None:
+        return per_document(lambda a, b: select_blocks(a, b, block_size, block_count, scale), cu_seqlens, q, k)
     T = q.shape[1]
     kbar = block_means(k, block_size)
     block_ids = torch.arange(kbar.shape[1], device=q.device)
@@ -100,13 +124,19 @@ def select_blocks(q, k, block_size: int, block_count: int, scale: float) -> torc
     return torch.cat(chunks, 1)
 
 
-def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float, return_lse: bool = False):
+def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float, return_lse: bool = False,
+                           cu_seqlens=None):
     """Attention of each query over the key blocks listed in block_indices.
+
+    With `cu_seqlens` each document is its own sequence and its block ids count from its first token.
 
     Selected earlier blocks are fully visible; keys after the query (its own block) are masked, as
     are padding positions past the end of the sequence and empty (-1) slots. Gradients reach only
     the gathered keys and values, so unselected blocks get exactly zero gradient.
     """
+    if cu_seqlens is not None:
+        return per_document(
+            lambda *x: block_sparse_attention(*x, block_size, scale, return_lse), cu_seqlens, q, k, v, block_indices)
     B, T, HQ, D = q.shape
     HK = k.shape[2]
     G = HQ // HK
@@ -148,8 +178,12 @@ def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
-def full_attention(q, k, v, scale: float):
-    """Causal softmax attention with GQA through PyTorch SDPA (flash / cuDNN / CPU kernels)."""
+def full_attention(q, k, v, scale: float, cu_seqlens=None):
+    """Causal softmax attention with GQA through PyTorch SDPA (flash / cuDNN / CPU kernels).
+
+    With `cu_seqlens`, one SDPA call per document."""
+    if cu_seqlens is not None:
+        return per_document(lambda *x: full_attention(*x, scale), cu_seqlens, q, k, v)
     HQ, HK = q.shape[2], k.shape[2]
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     if HK == HQ:

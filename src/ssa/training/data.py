@@ -4,6 +4,12 @@ Pipeline: documents (strings) -> token ids with one EOS after every document, co
 single stream -> cut into non-overlapping rows of `seq_len` tokens (the incomplete tail is dropped)
 -> rows visited in a seeded random order per epoch.
 
+Packing (`data.pack`): "stream" lets every token attend to everything earlier in its row, across
+document boundaries, with positions 0..seq_len-1. "documents" keeps the same rows but makes every
+document its own sequence: `row_positions` restarts the positions after every EOS (and at every
+row start, so a document cut by a row boundary continues as a new one), and the model reads those
+restarting positions as document boundaries for both attention streams (packed-document masking).
+
 The sampler is stateless apart from one integer, `position` = rows consumed so far by all ranks
 together. Row `p` of the infinite visiting order is `perm(epoch = p // n_rows)[p % n_rows]`, where
 `perm(e)` is a permutation seeded by (seed, e). Saving `position` in the checkpoint is therefore
@@ -43,6 +49,7 @@ from .tokenizer import encode_document, shared_data_dir, tokenizer_fingerprint
 EMBEDDED_SOURCES = ("synthetic-recall", "python-stdlib")
 FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
 SPLITS = ("train", "val")
+PACKINGS = ("documents", "stream")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,6 +132,7 @@ class DataSpec:
     synthetic: dict | None = None
     cache_dir: str | None = None
     max_documents: int | None = None  # cap per split (quick experiments, tests)
+    pack: str = "stream"  # "documents": attention and positions restart at every document
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataSpec":
@@ -152,6 +160,8 @@ class DataSpec:
                 raise ValueError(f"data.{name} must be a positive integer, got {v!r}")
         if self.max_documents is not None and (not isinstance(self.max_documents, int) or self.max_documents < 1):
             raise ValueError(f"data.max_documents must be a positive integer or null, got {self.max_documents!r}")
+        if self.pack not in PACKINGS:
+            raise ValueError(f"data.pack must be one of {PACKINGS}, got {self.pack!r}")
         if self.synthetic is not None:
             self.recall_spec()  # validates the keys
 
@@ -353,6 +363,20 @@ class PackedRows:
     def rows(self, indices: Iterable[int]) -> np.ndarray:
         L = self.seq_len
         return np.stack([np.asarray(self.tokens[i * L:(i + 1) * L], dtype=np.int64) for i in indices])
+
+
+def row_positions(rows: np.ndarray, eos_id: int) -> np.ndarray:
+    """Positions of `pack: documents` for rows [N, L]: 0 at every row start and after every EOS, then
+    counting up, so each document (its EOS included) is numbered from 0."""
+    rows = np.asarray(rows)
+    L = rows.shape[1]
+    col = np.broadcast_to(np.arange(L), rows.shape)
+    starts = np.zeros(rows.shape, dtype=bool)
+    starts[:, 0] = True
+    starts[:, 1:] = rows[:, :-1] == eos_id
+    # The column of the latest document start at or before each column (running maximum).
+    last_start = np.maximum.accumulate(np.where(starts, col, 0), axis=1)
+    return (col - last_start).astype(np.int64)
 
 
 class RowSampler:

@@ -89,17 +89,25 @@ def _backward(ctx, do, dlse):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def select_blocks(q, k, block_size: int, block_count: int, scale: float) -> torch.Tensor:
+def select_blocks(q, k, block_size: int, block_count: int, scale: float, cu_seqlens=None) -> torch.Tensor:
     """Exact top-k selection, int32 [B, T, HK, block_count] (arguments validated by ssa.ops.api)."""
     if q.dtype not in KERNEL_DTYPES:
-        return reference.select_blocks(q, k, block_size, block_count, scale)
+        return reference.select_blocks(q, k, block_size, block_count, scale, cu_seqlens)
+    if cu_seqlens is not None:
+        return reference.per_document(
+            lambda a, b: _select_op(a, b, block_size, block_count, float(scale)), cu_seqlens, q, k)
     return _select_op(q, k, block_size, block_count, float(scale))
 
 
-def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float, return_lse: bool = False):
+def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float, return_lse: bool = False,
+                           cu_seqlens=None):
     """Block-sparse attention, differentiable in q, k, v; o (and float32 lse [B, T, HQ])."""
     if q.dtype not in KERNEL_DTYPES:
-        return reference.block_sparse_attention(q, k, v, block_indices, block_size, scale, return_lse)
+        return reference.block_sparse_attention(q, k, v, block_indices, block_size, scale, return_lse, cu_seqlens)
+    if cu_seqlens is not None:
+        o, lse = reference.per_document(
+            lambda *x: block_sparse_attention(*x, block_size, scale, True), cu_seqlens, q, k, v, block_indices)
+        return (o, lse) if return_lse else o
     if block_indices.dtype != torch.int32:
         block_indices = block_indices.to(torch.int32)
     o, lse = _fwd_op(q, k, v, block_indices, block_size, float(scale), 0)
