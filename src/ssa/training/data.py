@@ -365,18 +365,19 @@ class PackedRows:
         return np.stack([np.asarray(self.tokens[i * L:(i + 1) * L], dtype=np.int64) for i in indices])
 
 
-def row_positions(rows: np.ndarray, eos_id: int) -> np.ndarray:
-    """Positions of `pack: documents` for rows [N, L]: 0 at every row start and after every EOS, then
-    counting up, so each document (its EOS included) is numbered from 0."""
-    rows = np.asarray(rows)
-    L = rows.shape[1]
-    col = np.broadcast_to(np.arange(L), rows.shape)
-    starts = np.zeros(rows.shape, dtype=bool)
+def row_positions(rows, eos_id: int):
+    """Positions of `pack: documents` for rows [N, L] (numpy or torch, on any device), as an int64
+    torch tensor: 0 at every row start and after every EOS, then counting up, so each document (its
+    EOS included) is numbered from 0."""
+    import torch
+
+    rows = torch.as_tensor(rows)
+    col = torch.arange(rows.shape[1], device=rows.device).expand(rows.shape)
+    starts = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
     starts[:, 0] = True
     starts[:, 1:] = rows[:, :-1] == eos_id
     # The column of the latest document start at or before each column (running maximum).
-    last_start = np.maximum.accumulate(np.where(starts, col, 0), axis=1)
-    return (col - last_start).astype(np.int64)
+    return col - torch.where(starts, col, 0).cummax(1).values
 
 
 class RowSampler:

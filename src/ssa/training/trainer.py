@@ -27,7 +27,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import TrainSpec
-from .data import DataSpec, PackedRows, TrainLoader, iter_documents, load_tokens, val_rows
+from .data import DataSpec, PackedRows, TrainLoader, iter_documents, load_tokens, row_positions, val_rows
 from .optim import build_optimizer, lr_at
 from .tokenizer import build_tokenizer, is_byte_level
 
@@ -116,8 +116,15 @@ def count_parameters(model) -> int:
 # ----------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------
-def evaluate(model, rows: np.ndarray, *, method: str, micro_batch: int, device, amp_dtype) -> dict:
-    """Mean validation CE (nats/token) under each mode the method supports."""
+def _packing(x, documents_eos: int | None) -> dict:
+    """Model keyword arguments of a batch: positions restarting per document under `pack: documents`."""
+    return {} if documents_eos is None else {"position_ids": row_positions(x, documents_eos)}
+
+
+def evaluate(model, rows: np.ndarray, *, method: str, micro_batch: int, device, amp_dtype,
+             documents_eos: int | None = None) -> dict:
+    """Mean validation CE (nats/token) under each mode the method supports (with `documents_eos`,
+    rows are packed documents separated by that token: `data.pack: documents`)."""
     import torch
 
     if len(rows) == 0:
@@ -133,7 +140,7 @@ def evaluate(model, rows: np.ndarray, *, method: str, micro_batch: int, device, 
             for i in range(0, len(rows), micro_batch):
                 x = torch.from_numpy(rows[i:i + micro_batch]).to(device)
                 with _autocast(device, amp_dtype):
-                    res = model(x, labels=x, attention_mode=mode)
+                    res = model(x, labels=x, attention_mode=mode, **_packing(x, documents_eos))
                 total += float(res.ce_loss) * len(x)
                 n += len(x)
             out[mode] = total / n
@@ -316,7 +323,12 @@ class Trainer:
         """Model output for one micro-batch: `.loss` (what is minimised), `.ce_loss`, `.align_loss`,
         `.attention_mode`."""
         with _autocast(self.device, self.amp_dtype):
-            return self.train_model(x, labels=x)
+            return self.train_model(x, labels=x, **_packing(x, self.documents_eos))
+
+    @property
+    def documents_eos(self) -> int | None:
+        """The EOS that separates documents under `data.pack: documents`, else None (stream packing)."""
+        return self.tokenizer.eos_token_id if self.data_spec.pack == "documents" else None
 
     def forward_backward(self, micro: list) -> tuple[list[float], Counter]:
         """Accumulate gradients over the micro-batches; mean (loss, ce, align) across ranks."""
@@ -369,7 +381,7 @@ class Trainer:
         record: dict = {}
         if self.info.is_main:
             ce = evaluate(self.model, self.val_rows, method=self.cfg["method"], micro_batch=self.spec.micro_batch_size,
-                          device=self.device, amp_dtype=self.amp_dtype)
+                          device=self.device, amp_dtype=self.amp_dtype, documents_eos=self.documents_eos)
             if ce:
                 record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "val_ce": ce}
                 if is_byte_level(self.tokenizer):
