@@ -169,16 +169,18 @@ def test_packed_batch_equals_documents_one_by_one(method, mode, backend):
     x = torch.cat(docs, 1)  # [1, 29]
     positions = torch.cat([torch.arange(L) for L in lengths])[None]
     with torch.no_grad():
-        packed = model(x, labels=x, position_ids=positions, attention_mode=mode)
-        alone = [model(d, labels=d, attention_mode=mode) for d in docs]
+        packed = model(x, position_ids=positions, attention_mode=mode).logits
+        alone = [model(d, attention_mode=mode).logits for d in docs]
         # The same documents given by cu_seqlens instead of positions.
-        by_cu = model(x, labels=x, cu_seqlens=_cu(lengths), attention_mode=mode)
-    torch.testing.assert_close(packed.logits, torch.cat([o.logits for o in alone], 1), atol=2e-5, rtol=2e-5)
-    torch.testing.assert_close(by_cu.logits, packed.logits, atol=0, rtol=0)
+        by_cu = model(x, cu_seqlens=_cu(lengths), attention_mode=mode).logits
+        packed_loss = model(x, labels=x, position_ids=positions, attention_mode=mode).ce_loss
+        losses = [model(d, labels=d, attention_mode=mode).ce_loss for d in docs]
+    torch.testing.assert_close(packed, torch.cat(alone, 1), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(by_cu, packed, atol=0, rtol=0)
     # The loss is the token-weighted mean of the documents' losses (a document's first token has no target).
     targets = [L - 1 for L in lengths]
-    expected = sum(o.ce_loss * n for o, n in zip(alone, targets) if n) / sum(targets)
-    torch.testing.assert_close(packed.ce_loss, expected, atol=1e-5, rtol=1e-5)
+    expected = sum(loss * n for loss, n in zip(losses, targets) if n) / sum(targets)
+    torch.testing.assert_close(packed_loss, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_packed_rows_and_alignment_loss_in_training():
@@ -190,7 +192,10 @@ def test_packed_rows_and_alignment_loss_in_training():
     packed = model(x, labels=x, position_ids=positions, attention_mode="sparse")
     alone = [model(d, labels=d, attention_mode="sparse") for row in docs for d in row]
     flat = [L for row in lengths for L in row]
-    torch.testing.assert_close(packed.logits.flatten(0, 1), torch.cat([o.logits[0] for o in alone]), atol=2e-5, rtol=2e-5)
+    with torch.no_grad():
+        logits = model(x, position_ids=positions, attention_mode="sparse").logits
+        expected_logits = torch.cat([model(d, attention_mode="sparse").logits[0] for row in docs for d in row])
+    torch.testing.assert_close(logits.flatten(0, 1), expected_logits, atol=2e-5, rtol=2e-5)
     # Alignment is a mean over every element of every layer: token-weighted over the documents.
     expected = sum(o.align_loss * L for o, L in zip(alone, flat)) / sum(flat)
     torch.testing.assert_close(packed.align_loss, expected, atol=1e-6, rtol=1e-5)
@@ -242,9 +247,10 @@ def test_trainer_feeds_document_positions():
     rows = torch.tensor([[3, 4, eos, 5, 6, 7, eos, 8], [eos, 1, 2, 3, 4, 5, 6, 7]])
     kwargs = T._packing(rows, eos)
     with torch.no_grad():
-        packed = model(rows, labels=rows, attention_mode="full", **kwargs)
+        packed = model(rows, attention_mode="full", **kwargs).logits
         docs = [rows[:1, :3], rows[:1, 3:7], rows[:1, 7:], rows[1:, :1], rows[1:, 1:]]
         alone = [model(d, attention_mode="full").logits for d in docs]
-    torch.testing.assert_close(packed.logits.flatten(0, 1), torch.cat([a[0] for a in alone]), atol=2e-5, rtol=2e-5)
+        loss = model(rows, labels=rows, attention_mode="full", **kwargs).ce_loss
+    torch.testing.assert_close(packed.flatten(0, 1), torch.cat([a[0] for a in alone]), atol=2e-5, rtol=2e-5)
     assert T._packing(rows, None) == {}
-    assert math.isfinite(float(packed.ce_loss))
+    assert math.isfinite(float(loss))
