@@ -31,23 +31,30 @@ _LAYER_KEY = re.compile(
 )
 
 
-def resolve_llama_dir(path) -> Path:
+def resolve_checkpoint_dir(path, flag: str = "--from-llama") -> Path:
     """A checkpoint directory, or a file inside one (config.json, *.safetensors)."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"--from-llama {p} does not exist (give a local Llama checkpoint directory)")
+        raise FileNotFoundError(f"{flag} {p} does not exist (give a local checkpoint directory)")
     if p.is_file():
         p = p.parent
     if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"--from-llama {p} has no config.json: not a Hugging Face checkpoint directory")
+        raise FileNotFoundError(f"{flag} {p} has no config.json: not a Hugging Face checkpoint directory")
     return p
 
 
-def read_llama_config(src: Path) -> dict:
+def read_config_json(src: Path) -> dict:
     try:
         cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{src / 'config.json'} does not parse: {err}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{src / 'config.json'} must hold a JSON object")
+    return cfg
+
+
+def read_llama_config(src: Path) -> dict:
+    cfg = read_config_json(src)
     archs = cfg.get("architectures") or []
     if cfg.get("model_type") != "llama" or (archs and not set(archs) & set(SUPPORTED_ARCHITECTURES)):
         raise ValueError(
@@ -101,7 +108,8 @@ def _first(x):
     return x[0] if isinstance(x, list) else x
 
 
-def load_llama_state_dict(src: Path) -> dict[str, torch.Tensor]:
+def load_state_dict(src: Path, flag: str = "--from-llama") -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors checkpoint directory (one file or an index of shards)."""
     from safetensors.torch import load_file
 
     single, index = src / "model.safetensors", src / "model.safetensors.index.json"
@@ -112,7 +120,7 @@ def load_llama_state_dict(src: Path) -> dict[str, torch.Tensor]:
         files = [src / name for name in sorted(set(weight_map.values()))]
     else:
         raise FileNotFoundError(
-            f"--from-llama {src} has no model.safetensors or model.safetensors.index.json "
+            f"{flag} {src} has no model.safetensors or model.safetensors.index.json "
             "(re-save the model with save_pretrained(safe_serialization=True))"
         )
     state = {}
@@ -156,32 +164,59 @@ def map_llama_weights(state: dict, config: SSAConfig) -> dict[str, torch.Tensor]
     return out
 
 
-def convert_llama(src, out_dir, method: str = "ssa", overwrite: bool = False, **config_overrides):
-    """Write an SSA checkpoint (safetensors + config + tokenizer files) converted from a Llama checkpoint."""
-    from .modeling import SSAForCausalLM
-
-    src = resolve_llama_dir(src)
+def check_out_dir(out_dir, overwrite: bool) -> Path:
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ValueError(f"--out {out_dir} exists and is not empty (pass --overwrite to replace its files)")
-    config = ssa_config_from_llama(read_llama_config(src), method, **config_overrides)
-    weights = map_llama_weights(load_llama_state_dict(src), config)
+    return out_dir
+
+
+def save_converted(config: SSAConfig, weights: dict, src: Path, out_dir: Path) -> list[str]:
+    """Load `weights` into an SSA model of `config` (strict) and write it with the source's tokenizer files.
+
+    Everything is written to a temporary sibling directory first and moved into `out_dir` at the
+    end, so a failed conversion leaves `out_dir` as it was. Returns the tokenizer files copied.
+    """
+    import os
+    import tempfile
+
+    from .modeling import SSAForCausalLM
+
     with torch.device("meta"):  # no random init of weights that are about to be replaced
         model = SSAForCausalLM(config)
-    expected = set(model.state_dict())
-    missing, extra = expected - set(weights), set(weights) - expected
+    expected = model.state_dict()
+    missing, extra = set(expected) - set(weights), set(weights) - set(expected)
     if missing or extra:
         raise ValueError(
             f"incompatible architecture: missing weights {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}"
         )
+    for name, w in weights.items():
+        if tuple(w.shape) != tuple(expected[name].shape):
+            raise ValueError(f"weight {name} has shape {tuple(w.shape)}, the config needs {tuple(expected[name].shape)}")
     model.load_state_dict(weights, strict=True, assign=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    for weights_file in out_dir.glob("*.safetensors"):
-        apply_umask(weights_file)  # safetensors writes 0600: teammates could not load the model
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():  # the source's generation defaults (eos ids, sampling) win
-            shutil.copyfile(src / name, out_dir / name)
-            copied.append(name)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        copied = []
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():  # the source's generation defaults (eos ids, sampling) win
+                shutil.copyfile(src / name, tmp / name)
+                copied.append(name)
+        out_dir.mkdir(exist_ok=True)
+        for f in sorted(tmp.iterdir()):
+            apply_umask(f)  # safetensors and mkdtemp write 0600/0700: teammates could not load the model
+            os.replace(f, out_dir / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return copied
+
+
+def convert_llama(src, out_dir, method: str = "ssa", overwrite: bool = False, **config_overrides):
+    """Write an SSA checkpoint (safetensors + config + tokenizer files) converted from a Llama checkpoint."""
+    src = resolve_checkpoint_dir(src)
+    out_dir = check_out_dir(out_dir, overwrite)
+    config = ssa_config_from_llama(read_llama_config(src), method, **config_overrides)
+    weights = map_llama_weights(load_state_dict(src), config)
+    copied = save_converted(config, weights, src, out_dir)
     return out_dir, config, copied
