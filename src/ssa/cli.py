@@ -18,6 +18,7 @@ COMMANDS = {
     "train": ("ssa.commands.train", "train a model from a preset or config file"),
     "eval": ("ssa.commands.evaluate", "perplexity, budgets, lengths and attention statistics of a checkpoint"),
     "report": ("ssa.commands.report", "markdown tables and plots comparing evaluated runs"),
+    "compare": ("ssa.commands.compare", "train methods side by side, evaluate them alike, judge the paper's claims"),
     "bench": ("ssa.commands.bench", "GPU benchmarks of the attention kernels and training steps"),
     "generate": ("ssa.commands.generate", "stream text from a checkpoint"),
     "convert": ("ssa.commands.convert", "convert checkpoints (ssa train -> HF, Llama -> SSA)"),

@@ -18,6 +18,7 @@ contiguous slice of every global batch.
 
 Sources (`data.source`):
   "synthetic-recall"  embedded generated corpus with long-range key->value recall (synthetic.py)
+  "synthetic-copy"    embedded generated corpus: a random segment repeated after filler (synthetic.py)
   "python-stdlib"     the .py files of this Python's standard library (one document per file)
   "shared:REL"        REL inside the shared data folder ($SSA_DATA_DIR, else ../shared/data)
   PATH / GLOB / DIR   .txt (one document per file), .jsonl or .jsonl.gz (one document per line,
@@ -43,10 +44,12 @@ import numpy as np
 
 from ssa.textfiles import iter_file_documents
 
-from .synthetic import RecallSpec, recall_documents
+from .synthetic import CopySpec, RecallSpec, copy_documents, recall_documents
 from .tokenizer import encode_document, shared_data_dir, tokenizer_fingerprint
 
-EMBEDDED_SOURCES = ("synthetic-recall", "python-stdlib")
+EMBEDDED_SOURCES = ("synthetic-recall", "synthetic-copy", "python-stdlib")
+# Generated sources: source name -> (spec class of `data.synthetic`, document generator).
+SYNTHETIC = {"synthetic-recall": (RecallSpec, recall_documents), "synthetic-copy": (CopySpec, copy_documents)}
 FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
 SPLITS = ("train", "val")
 PACKINGS = ("documents", "stream")
@@ -142,7 +145,7 @@ class DataSpec:
             raise ValueError(f"unknown data key(s) {unknown}; allowed: {sorted(allowed)}")
         spec = cls(**d)
         spec.validate()
-        if spec.source == "synthetic-recall":
+        if spec.source in SYNTHETIC:
             # Record every generator setting, so a run's data stays reproducible if defaults change.
             from dataclasses import asdict
 
@@ -165,13 +168,15 @@ class DataSpec:
         if self.synthetic is not None:
             self.recall_spec()  # validates the keys
 
-    def recall_spec(self) -> RecallSpec:
+    def recall_spec(self):
+        """The generator settings of a synthetic source (RecallSpec or CopySpec)."""
+        cls = SYNTHETIC.get(self.source, (RecallSpec,))[0]
         extra = dict(self.synthetic or {})
-        allowed = set(RecallSpec.__dataclass_fields__)
+        allowed = set(cls.__dataclass_fields__)
         unknown = sorted(set(extra) - allowed)
         if unknown:
             raise ValueError(f"unknown data.synthetic key(s) {unknown}; allowed: {sorted(allowed)}")
-        spec = RecallSpec(**extra)
+        spec = cls(**extra)
         spec.validate()
         return spec
 
@@ -201,11 +206,11 @@ def iter_documents(spec: DataSpec, split: str, seed: int = 0) -> Iterator[str]:
 
 def _iter_documents(spec: DataSpec, split: str, seed: int) -> Iterator[str]:
     src = spec.source
-    if src == "synthetic-recall":
+    if src in SYNTHETIC:
         # Disjoint seed streams: train and val never share a generator state.
         stream_seed = (seed * 1_000_003 + (1 if split == "train" else 2)) & 0x7FFFFFFF
         n = spec.synthetic_train_bytes if split == "train" else spec.synthetic_val_bytes
-        yield from recall_documents(stream_seed, n, spec.recall_spec())
+        yield from SYNTHETIC[src][1](stream_seed, n, spec.recall_spec())
         return
     if split == "val" and spec.val_source is not None:
         for f in resolve_files(spec.val_source):
@@ -272,7 +277,7 @@ def _source_key(spec: DataSpec, split: str, seed: int, tokenizer) -> str:
             st = f.stat()
             ident.append([str(f.resolve()), st.st_size, int(st.st_mtime)])
     blob = json.dumps(
-        [ident, split, seed if spec.source == "synthetic-recall" else None, spec.text_field,
+        [ident, split, seed if spec.source in SYNTHETIC else None, spec.text_field,
          spec.val_fraction, spec.max_documents, spec.synthetic, spec.synthetic_train_bytes,
          spec.synthetic_val_bytes, tokenizer_fingerprint(tokenizer)],
         sort_keys=True, default=str,
@@ -323,7 +328,7 @@ def default_cache_dir() -> Path:
 def load_tokens(spec: DataSpec, split: str, tokenizer, seed: int = 0) -> np.ndarray:
     """The split's token stream, from the cache when possible (generated sources are not cached)."""
     eos_id = tokenizer.eos_token_id
-    if spec.source == "synthetic-recall":
+    if spec.source in SYNTHETIC:
         return tokenize_documents(iter_documents(spec, split, seed), tokenizer, eos_id)
     cache_dir = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
     path = cache_dir / f"{split}-{_source_key(spec, split, seed, tokenizer)}.npy"

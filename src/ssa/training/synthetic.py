@@ -139,3 +139,64 @@ def recall_probe(seed: int, distance: int, spec: RecallSpec | None = None) -> tu
     while len(filler) < distance:
         filler += _filler(rng)
     return f"The code for {key} is {value}. {filler}Again, the code for {key} is ", value
+
+
+# ----------------------------------------------------------------------------------------------
+# "synthetic-copy": a random segment, then filler, then the same segment again
+# ----------------------------------------------------------------------------------------------
+# Segment symbols are disjoint from the filler's (lowercase words), so the only way to predict a
+# repeated segment is to find its first occurrence: an induction (copy) head. Each symbol of the
+# repetition after the first is predictable exactly, and only by attending `gap` bytes back.
+COPY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+COPY_OPEN, COPY_CLOSE = "[", "]"
+
+
+@dataclass(frozen=True)
+class CopySpec:
+    """Shape of the copy documents: `[SEG] filler [SEG]` (sizes in bytes)."""
+
+    segment_min: int = 16
+    segment_max: int = 32
+    min_gap: int = 96
+    max_gap: int = 192
+
+    def validate(self) -> None:
+        for name in ("segment_min", "segment_max", "min_gap", "max_gap"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"data.synthetic.{name} must be a positive integer, got {v!r}")
+        if self.segment_max < self.segment_min:
+            raise ValueError(f"data.synthetic.segment_max ({self.segment_max}) must be >= segment_min ({self.segment_min})")
+        if self.max_gap < self.min_gap:
+            raise ValueError(f"data.synthetic.max_gap ({self.max_gap}) must be >= min_gap ({self.min_gap})")
+
+
+def copy_document(rng: random.Random, spec: CopySpec) -> str:
+    """`[SEG] filler [SEG]`: the second SEG starts at least `min_gap` bytes after the first ends."""
+    seg = "".join(rng.choice(COPY_ALPHABET) for _ in range(rng.randint(spec.segment_min, spec.segment_max)))
+    gap_target = rng.randint(spec.min_gap, spec.max_gap)
+    filler = ""
+    while len(filler) < gap_target:
+        filler += _filler(rng)
+    return f"{COPY_OPEN}{seg}{COPY_CLOSE} {filler}{COPY_OPEN}{seg}{COPY_CLOSE}"
+
+
+def copy_documents(seed: int, num_bytes: int, spec: CopySpec | None = None):
+    """Yield copy documents from a stream seeded by `seed` until about `num_bytes` bytes were produced."""
+    spec = spec or CopySpec()
+    spec.validate()
+    rng = random.Random(seed)
+    produced = 0
+    while produced < num_bytes:
+        doc = copy_document(rng, spec)
+        produced += len(doc) + 1
+        yield doc
+
+
+def copy_span(doc: str) -> tuple[int, int]:
+    """Character span [start, end) of the repeated segment of one copy document, without its first
+    symbol: after `[` alone the model cannot tell which earlier segment of a packed row to copy,
+    from the second symbol on it can. Copy accuracy is measured on these positions."""
+    seg_len = doc.index(COPY_CLOSE) - 1
+    end = len(doc) - 1  # the closing bracket
+    return end - seg_len + 1, end
