@@ -21,6 +21,7 @@ COMMANDS = {
     "compare": ("ssa.commands.compare", "train methods side by side, evaluate them alike, judge the paper's claims"),
     "bench": ("ssa.commands.bench", "GPU benchmarks of the attention kernels and training steps"),
     "generate": ("ssa.commands.generate", "stream text from a checkpoint"),
+    "data": ("ssa.commands.data", "tokenize corpora into memory-mapped token shards for training"),
     "convert": ("ssa.commands.convert", "convert checkpoints (ssa train -> HF, Llama -> SSA)"),
 }
 

@@ -32,16 +32,20 @@ def iter_jsonl(path: Path, label: str = "file") -> Iterator[tuple[int, dict]]:
 
 
 def iter_file_documents(path: Path, text_field: str = "text", label: str = "file") -> Iterator[str]:
-    """Documents of a .txt file (the whole file) or a .jsonl / .jsonl.gz file (field `text_field` per line)."""
+    """Documents of a .txt / .txt.gz file (the whole file) or a .jsonl / .jsonl.gz file (field `text_field` per line)."""
     name = path.name
-    if name.endswith(".txt"):
+    if name.endswith(".txt") or name.endswith(".txt.gz"):
         try:
-            yield path.read_text(encoding="utf-8", errors="replace")
-        except OSError as err:
+            if name.endswith(".gz"):
+                with gzip.open(path, "rt", encoding="utf-8", errors="replace") as fh:
+                    yield fh.read()
+            else:
+                yield path.read_text(encoding="utf-8", errors="replace")
+        except (OSError, EOFError, zlib.error) as err:
             raise ValueError(f"{label} {path} could not be read: {err}") from None
         return
     if not (name.endswith(".jsonl") or name.endswith(".jsonl.gz")):
-        raise ValueError(f"{label} {path}: unsupported file type (allowed: .txt, .jsonl, .jsonl.gz)")
+        raise ValueError(f"{label} {path}: unsupported file type (allowed: .txt, .txt.gz, .jsonl, .jsonl.gz)")
     for lineno, record in iter_jsonl(path, label):
         if not isinstance(record.get(text_field), str):
             raise ValueError(f"{label} {path}:{lineno} has no string field {text_field!r}")

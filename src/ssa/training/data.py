@@ -20,6 +20,7 @@ Sources (`data.source`):
   "synthetic-recall"  embedded generated corpus with long-range key->value recall (synthetic.py)
   "synthetic-copy"    embedded generated corpus: a random segment repeated after filler (synthetic.py)
   "python-stdlib"     the .py files of this Python's standard library (one document per file)
+  "shards:DIR"        token shards written by `ssa data prepare` (train / val splits, memory-mapped)
   "shared:REL"        REL inside the shared data folder ($SSA_DATA_DIR, else ../shared/data)
   PATH / GLOB / DIR   .txt (one document per file), .jsonl or .jsonl.gz (one document per line,
                       field `data.text_field`); a list of these is accepted too
@@ -44,6 +45,7 @@ import numpy as np
 
 from ssa.textfiles import iter_file_documents
 
+from .shards import is_shard_source, open_split, shard_dir
 from .synthetic import CopySpec, RecallSpec, copy_documents, recall_documents
 from .tokenizer import encode_document, shared_data_dir, tokenizer_fingerprint
 
@@ -167,6 +169,9 @@ class DataSpec:
             raise ValueError(f"data.pack must be one of {PACKINGS}, got {self.pack!r}")
         if self.synthetic is not None:
             self.recall_spec()  # validates the keys
+        if is_shard_source(self.source) and str(self.tokenizer).startswith("train-bpe:"):
+            raise ValueError("data.source shards:DIR is already tokenized: data.tokenizer must be the shards' "
+                             "tokenizer, not train-bpe:N")
 
     def recall_spec(self):
         """The generator settings of a synthetic source (RecallSpec or CopySpec)."""
@@ -328,6 +333,8 @@ def default_cache_dir() -> Path:
 def load_tokens(spec: DataSpec, split: str, tokenizer, seed: int = 0) -> np.ndarray:
     """The split's token stream, from the cache when possible (generated sources are not cached)."""
     eos_id = tokenizer.eos_token_id
+    if is_shard_source(spec.source):  # pre-tokenized by `ssa data prepare`: memory-mapped, no cache
+        return open_split(shard_dir(spec.source), split, tokenizer)
     if spec.source in SYNTHETIC:
         return tokenize_documents(iter_documents(spec, split, seed), tokenizer, eos_id)
     cache_dir = Path(spec.cache_dir) if spec.cache_dir else default_cache_dir()
