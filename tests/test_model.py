@@ -1,4 +1,4 @@
-"""The model and the SSA objective (DESIGN §1.2-1.4)."""
+"""The model and the SSA objective (docs/design.md §1.2-1.4)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Layer-level checks of the SSA objective and the gated attention (DESIGN §1.2-1.3).
+"""Layer-level checks of the SSA objective and the gated attention (docs/design.md §1.2-1.3).
 
 Every expectation is recomputed from the public ops and the layer's own weights, on the stream each
 layer actually received (captured with a forward hook), so they hold for any number of layers.

@@ -1,4 +1,4 @@
-"""The reference ops against brute-force, loop-by-loop implementations of DESIGN §1.1."""
+"""The reference ops against brute-force, loop-by-loop implementations of docs/design.md §1.1."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""attention_statistics against a brute-force dense computation of DESIGN §1.5."""
+"""attention_statistics against a brute-force dense computation of docs/design.md §1.5."""
 
 import math
 

@@ -37,7 +37,7 @@ def _qkv(B, T, HQ, HK, D, dtype, seed=0):
 
 
 def _reference_scores(q, k, s, scale):
-    """Group scores [B, T, HK, nb] (float32) of DESIGN §1.1, from the reference's own helper."""
+    """Group scores [B, T, HK, nb] (float32) of docs/design.md §1.1, from the reference's own helper."""
     kbar = reference.block_means(k, s)
     score, _, _ = reference.block_scores(q, kbar, 0, s, scale)
     return score

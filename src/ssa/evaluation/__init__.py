@@ -1,4 +1,4 @@
-"""Evaluation of SSA checkpoints: what DESIGN §1.5 measures.
+"""Evaluation of SSA checkpoints: what docs/design.md §1.5 measures.
 
 Modules (each usable on its own, all through the model's public forward):
   loading          checkpoint + tokenizer + run metadata (training length, byte-level data)

@@ -1,4 +1,4 @@
-"""Attention statistics of a checkpoint (DESIGN §1.5) under full and sparse inference.
+"""Attention statistics of a checkpoint (docs/design.md §1.5) under full and sparse inference.
 
 The model's forward with `output_attention_stats=True` returns, per layer, the sums computed by
 `ssa.ops.statistics.attention_statistics` against that layer's own block selection for the call's

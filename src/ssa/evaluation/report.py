@@ -123,7 +123,7 @@ def markdown(runs: list[dict], figures: list[str] | None = None) -> str:
     parts = ["# SSA evaluation report", ""]
     parts.append("Runs: " + ", ".join(f"`{r['name']}` ({r['method']})" for r in runs) + ".")
     parts.append("Sparse numbers use each run's own block budget (block_count x block_size) unless a column says "
-                 "otherwise; `a / b` cells are sparse / full inference. Definitions: DESIGN §1.5; KL is "
+                 "otherwise; `a / b` cells are sparse / full inference. Definitions: docs/design.md §1.5; KL is "
                  "KL(sparse||full) = -ln(sparsity) per query (the reverse direction is infinite when mass is dropped).")
     parts.append("")
     parts.append("## Summary")

@@ -13,7 +13,7 @@ ALIGN_LOSSES = ("smooth_l1", "l2")
 ALIGN_ON = ("gated", "pre_gate")
 BACKENDS = ("auto", "torch", "triton")
 
-# What each method runs at inference when the caller does not say (DESIGN §1.4).
+# What each method runs at inference when the caller does not say (docs/design.md §1.4).
 DEFAULT_INFERENCE_MODE = {"full": "full", "moba": "sparse", "nsa": "sparse", "ssa": "sparse"}
 
 
@@ -57,11 +57,11 @@ class SSAConfig(PretrainedConfig):
         rms_norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
         tie_word_embeddings: bool = True,
-        # sparse attention (DESIGN §1.1)
+        # sparse attention (docs/design.md §1.1)
         block_size: int = 16,
         block_count: int = 16,
         nsa_window: int = 128,
-        # SSA objective (DESIGN §1.3)
+        # SSA objective (docs/design.md §1.3)
         alpha: float = 10.0,
         full_ratio: float = 0.5,
         align_direction: str = "both",

@@ -261,7 +261,7 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         return self.lm_head
 
     def plan(self, attention_mode=None, block_count=None, block_size=None, output_attention_stats=False) -> AttentionPlan:
-        """Decide what every layer computes in this call (DESIGN §1.3, §1.4)."""
+        """Decide what every layer computes in this call (docs/design.md §1.3, §1.4)."""
         cfg = self.config
         check_inference_settings(cfg.method, attention_mode, block_size, block_count)
         training = self.training and torch.is_grad_enabled()

@@ -1,4 +1,4 @@
-"""The SSA objective's model-side pieces (DESIGN §1.3): the mode draw and the per-layer alignment.
+"""The SSA objective's model-side pieces (docs/design.md §1.3): the mode draw and the per-layer alignment.
 
 They live beside the model because the alignment needs both attention streams of every layer,
 which exist only inside the forward pass.

@@ -41,7 +41,7 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
 
 def select_blocks(q, k, block_size: int = 16, block_count: int = 16, scale=None, backend: str = "auto",
                   cu_seqlens=None):
-    """Top-`block_count` key blocks per query and KV head (DESIGN §1.1).
+    """Top-`block_count` key blocks per query and KV head (docs/design.md §1.1).
 
     Returns int32 [B, T, HK, block_count]: valid block ids sorted ascending, the query's own block
     always among them, empty slots -1 at the end. Not differentiable (indices). With `cu_seqlens`
@@ -162,7 +162,7 @@ def _check_alignment_args(o_full, o_sparse, direction, kind) -> None:
 
 
 def alignment_loss(o_full, o_sparse, direction: str = "both", kind: str = "smooth_l1", backend: str = "auto"):
-    """SSA alignment of a layer's full and sparse attention outputs (DESIGN §1.3): float32 0-dim.
+    """SSA alignment of a layer's full and sparse attention outputs (docs/design.md §1.3): float32 0-dim.
 
     `direction`: "both" = dist(o_full, o_sparse.detach()) + dist(o_full.detach(), o_sparse);
     "sparsity" = the first term only (gradient into o_full only); "commitment" = the second only

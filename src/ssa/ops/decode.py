@@ -6,7 +6,7 @@ NSA) [B, NB, HK, D] float32 hold the means of complete blocks; entries of incomp
 never read. `lengths` [B] counts the cached tokens of each row *including* the query's own token,
 so the query sits at position t = lengths - 1.
 
-The sparse step follows DESIGN §1.1 for the single query at t: candidates are the complete blocks
+The sparse step follows docs/design.md §1.1 for the single query at t: candidates are the complete blocks
 c < t // s, scored by the per-head softmax of q . kbar * scale summed over the GQA group, the exact
 top n-1 win (ties to the lower block), the current block is always selected. It reads the block
 means and the selected blocks only, never the whole cache.
@@ -123,7 +123,7 @@ def sparse_decode_reference(q, k_cache, v_cache, block_indices, lengths, block_s
 
 
 def select_blocks_decode(q, kbar, lengths, block_size: int = 16, block_count: int = 16, scale=None):
-    """Selected blocks of one query per row (DESIGN §1.1): int32 [B, HK, block_count]."""
+    """Selected blocks of one query per row (docs/design.md §1.1): int32 [B, HK, block_count]."""
     if not isinstance(q, torch.Tensor) or q.dim() != 3:
         raise ValueError("q must be a torch.Tensor of shape [batch, q_heads, dim]")
     check_positive_int("block_size", block_size)

@@ -6,7 +6,7 @@ Three launches, none of which reads more than the block means and the selected b
    G query heads of its KV head, writes the logits and keeps per-head softmax partials (max, sum
    of exp).
 2. `_split_topk`   grid (B, HK, splits): combines the partials into each head's exact normaliser,
-   reads its BC x G logits back, sums the G probabilities into block scores (DESIGN §1.1) and
+   reads its BC x G logits back, sums the G probabilities into block scores (docs/design.md §1.1) and
    writes its local top n-1 (score, block), ties to the lower block.
 3. `_merge_attend` grid (B, HK): merges the local lists into the exact global top n-1 (the global
    top n-1 is a subset of the union of local top n-1s), adds the current block, and runs online-

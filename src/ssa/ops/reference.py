@@ -51,7 +51,7 @@ def block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
 
 
 def block_scores(q: torch.Tensor, kbar: torch.Tensor, t0: int, block_size: int, scale: float) -> tuple:
-    """Group scores of DESIGN §1.1 steps 3-4 for queries t0..t0+C.
+    """Group scores of docs/design.md §1.1 steps 3-4 for queries t0..t0+C.
 
     Returns (score [B, C, HK, nb], candidate mask [C, nb], current block [C]). Non-candidates
     score -1; candidates score in [0, G] (sum of per-head softmax probabilities).
@@ -71,7 +71,7 @@ def block_scores(q: torch.Tensor, kbar: torch.Tensor, t0: int, block_size: int, 
 
 
 def top_blocks(score: torch.Tensor, is_current: torch.Tensor, block_count: int) -> torch.Tensor:
-    """Steps 5-7 of DESIGN §1.1 on group scores [..., nb] (non-candidates -1).
+    """Steps 5-7 of docs/design.md §1.1 on group scores [..., nb] (non-candidates -1).
 
     The current block (`is_current`, broadcastable to score) always takes a slot; the rest go to the
     exact top scores, ties to the lower block. Returns int32 [..., block_count]: block ids ascending,
@@ -107,7 +107,7 @@ def per_document(fn, cu_seqlens, *tensors):
 
 
 def select_blocks(q, k, block_size: int, block_count: int, scale: float, cu_seqlens=None) -> torch.Tensor:
-    """Exact top-k block selection (DESIGN §1.1). Returns int32 [B, T, HK, block_count].
+    """Exact top-k block selection (docs/design.md §1.1). Returns int32 [B, T, HK, block_count].
 
     With `cu_seqlens` the block ids count from the first token of each query's document."""
     if cu_seqlens is not None:
@@ -241,7 +241,7 @@ def sliding_window_attention(q, k, v, window: int, scale: float):
 
 
 def alignment_loss(o_full, o_sparse, direction: str, kind: str):
-    """SSA alignment of one layer's two attention outputs (DESIGN §1.3), float32 0-dim.
+    """SSA alignment of one layer's two attention outputs (docs/design.md §1.3), float32 0-dim.
 
     The sparsity term dist(o_full, o_sparse.detach()) sends gradient into the full stream only; the
     commitment term dist(o_full.detach(), o_sparse) into the sparse stream only. `direction` picks

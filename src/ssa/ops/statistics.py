@@ -1,4 +1,4 @@
-"""Attention statistics of DESIGN §1.5, computed in query chunks.
+"""Attention statistics of docs/design.md §1.5, computed in query chunks.
 
 `attention_statistics` is called by every attention layer when the model runs with
 `output_attention_stats=True`. It returns *sums* (per query head, or per KV head for the
@@ -13,11 +13,11 @@ of the blocks in the layer's own selection (block_indices):
 - dropped mass         1 - m(t)
 - entropy (bits)       -sum_j p_j log2 p_j
 - KL                   between full attention p and sparse attention p_S = p restricted to S(t) and
-                       renormalised (exactly the block-sparse attention distribution). DESIGN §1.5 calls it
-                       KL(full || sparse), but that direction is infinite whenever any mass is dropped
-                       (p_S is zero where p is not). The finite direction is
+                       renormalised (exactly the block-sparse attention distribution). The paper names
+                       KL(full || sparse), which is infinite whenever any mass is dropped (p_S is zero
+                       where p is not); reported (`kl`) is the finite direction (docs/design.md §1.5)
                        KL(p_S || p) = sum_{j in S} (p_j/m) ln(1/m) = -ln m(t)   (nats),
-                       which is what is reported (`kl`); it is 0 exactly when nothing is dropped.
+                       0 exactly when nothing is dropped.
 - sink mass            p mass on the first block, and on token 0
 - distance histogram   for every selected block c (per KV head), the distance c_t - c in blocks,
                        binned in powers of two (bin 0: d=0, bin i>=1: 2^(i-1) <= d < 2^i)
@@ -221,7 +221,7 @@ def summarize_layer(stats: dict) -> dict:
 
 
 def summarize_statistics(layers: list) -> dict:
-    """Per-layer summaries plus overall means over layers (KL: the final layer, as DESIGN §1.5)."""
+    """Per-layer summaries plus overall means over layers (KL: the final layer, as docs/design.md §1.5)."""
     per_layer = [summarize_layer(s) for s in layers]
     overall = {}
     for name in ("sparsity", "dropped_mass", "entropy_bits", "sink_block_mass", "sink_token_mass"):

@@ -31,7 +31,7 @@ from .data import DataSpec, PackedRows, TrainLoader, iter_documents, load_tokens
 from .optim import build_optimizer, lr_at
 from .tokenizer import build_tokenizer, is_byte_level
 
-# Modes each method can be validated under (DESIGN §1.4); nsa has no full stream.
+# Modes each method can be validated under (docs/design.md §1.4); nsa has no full stream.
 VAL_MODES = {"full": ("full", "sparse"), "moba": ("full", "sparse"), "nsa": ("sparse",), "ssa": ("full", "sparse")}
 
 

@@ -1,4 +1,4 @@
-"""Fused exact top-k block selection (DESIGN §1.1) in one Triton kernel.
+"""Fused exact top-k block selection (docs/design.md §1.1) in one Triton kernel.
 
 One program handles BQ consecutive queries of one (batch, KV head) and all G query heads of the
 group, so its tile has BQ * GP rows (GP = G rounded up to a power of two, padded heads masked).
