@@ -43,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma list for every method (0,1), or per method: full=0,1 ssa=0,1 moba=0")
     p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run, as in `ssa train` (e.g. data.source=FILE)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the config's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps per run (default: the config's; with --time-budget: the probe sizes them, "
+                        "and --steps N instead fails early unless N steps fit)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="whole command in this many seconds: a throughput probe sizes the steps")
     p.add_argument("--eval-reserve", type=float, default=None, metavar="SECONDS",
@@ -333,8 +335,6 @@ def _check_args(args) -> None:
         raise ValueError(f"--time-budget must be > 0 seconds, got {args.time_budget}")
     if args.eval_reserve is not None and (args.time_budget is None or not 0 <= args.eval_reserve < args.time_budget):
         raise ValueError("--eval-reserve needs --time-budget and must lie in [0, time budget)")
-    if args.time_budget is not None and args.steps is not None:
-        raise ValueError("give either --steps or --time-budget (which sizes the steps), not both")
     if args.parallel != "auto" and (not args.parallel.isdigit() or int(args.parallel) < 1):
         raise ValueError(f"--parallel must be auto or an integer >= 1, got {args.parallel!r}")
     _floats("--depths", 0.0, 1.0)(args.depths)
@@ -408,7 +408,9 @@ def run(args) -> int:
     names = list(configs)
     tmp = out / ".jobs"
     deadline = None if args.time_budget is None else t_start + args.time_budget
-    record = {"command": "ssa compare " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["compare"] else sys.argv[1:]),
+    import shlex
+
+    record = {"command": "ssa " + shlex.join(getattr(args, "_argv", None) or ["compare"]),
               "commit": _git_commit(), "device": device_text, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "time_budget_s": args.time_budget, "runs": names, "sections": sections, "parallel": parallel}
     from ssa.evaluation.compare import RESULTS_DIR, write_json
@@ -441,10 +443,14 @@ def run(args) -> int:
             groups = group_runs(names, parallel)
         steps = size_steps(args.time_budget, time.time() - t_start, reserve, [[probes[n] for n in g] for g in groups])
         record.update(probe=probes, eval_reserve_s=reserve, parallel=parallel, steps=steps)
-        if steps < 10:
+        if steps < 10 or (args.steps is not None and steps < args.steps):
             write_json(out / "compare.json", record)
-            raise ValueError(f"--time-budget {args.time_budget:g} s leaves {steps} training steps after the probe "
-                             f"(see {out / 'compare.json'}): raise it, lower --eval-reserve or shrink the model")
+            want = f"--steps {args.steps}" if args.steps is not None else "10 steps at least"
+            raise ValueError(f"--time-budget {args.time_budget:g} s leaves {steps} training steps after the probe, "
+                             f"fewer than {want} (see {out / 'compare.json'}): raise it, lower --eval-reserve or "
+                             "shrink the model")
+        steps = args.steps or steps
+        record["steps"] = steps
         for cfg in configs.values():
             cfg["train"]["max_steps"] = cfg["train"]["eval_every"] = cfg["train"]["save_every"] = steps
             cfg["train"]["warmup_steps"] = min(cfg["train"]["warmup_steps"], steps // 10)
@@ -482,13 +488,14 @@ def run(args) -> int:
               "commands": eval_commands(args, sections, train_len, str(runs_dir / n)), "deadline": eval_deadline,
               "report": str(tmp / f"eval-{n}.out.json")} for n in trained]
     run_jobs(ejobs, parallel, tmp, eval_deadline)
+    # wall_s: start to the end of evaluation (the report takes a few seconds more)
     record.update(eval_done_s=time.time() - t_start, wall_s=time.time() - t_start,
                   trained=trained, failed=[n for n in names if n not in trained])
     write_json(out / "compare.json", record)
     if not trained:
         raise RuntimeError(f"no run finished training; logs in {tmp}")
     analysis = write_report([out], out / "report", plots=not args.no_plots)
-    record["wall_s"] = time.time() - t_start
+    record["report_done_s"] = time.time() - t_start
     write_json(out / "compare.json", record)
     _print_summary(analysis, out / "report")
     if preset == "demo" or "copy" in sections:

@@ -209,9 +209,12 @@ def write_report(dirs: list, out: Path, plots: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     figures = []
     if plots:
-        from .plots import write_all
-
-        figures = [str(p) for p in write_all([as_report_run(r) for r in runs], out)]
+        try:
+            from .plots import write_all
+        except ImportError as err:  # e.g. a GPU machine without matplotlib: `--merge` can plot later
+            print(f"ssa compare: no figures ({err})")
+        else:
+            figures = [str(p) for p in write_all([as_report_run(r) for r in runs], out)]
     write_json(out / "claims.json", {"sources": [r["source"] for r in runs], "invocations": invocations, **analysis})
     (out / "report.md").write_text(markdown(runs, invocations, analysis, figures) + "\n", encoding="utf-8")
     return analysis
