@@ -51,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (CommandError, ValueError, TypeError, FileNotFoundError) as err:
-        # User-facing failures are one line; set SSA_DEBUG=1 for the traceback.
+    except (CommandError, ValueError, TypeError, OSError) as err:
+        # User-facing failures (bad input, a missing file, a full disk) are one line; set
+        # SSA_DEBUG=1 for the traceback.
         import os
 
         if os.environ.get("SSA_DEBUG"):

@@ -6,16 +6,25 @@ Run directory layout (evaluation and Hugging Face loading rely on it):
     RUN_DIR/checkpoints/step_00000100/   config.json + model.safetensors (save_pretrained)
                                          tokenizer.json + tokenizer_config.json
                                          training_state.pt (optimizer, step, RNG, data position)
+                                         checksums.json (SHA-256 of the weight and state files)
     RUN_DIR/checkpoints/latest           text file naming the newest step directory
 
 A step directory is complete before anyone can see it: it is written under a temporary name in the
 same parent, every file is fsynced, and only then renamed into place; `latest` is replaced the same
 way afterwards. A crash at any point leaves the previous checkpoint and `latest` valid. Older step
 directories are pruned only after the new one is published.
+
+Integrity: parameters are checked finite before a save and after a load (a diverged run must not
+leave a checkpoint that evaluates to inf or generates garbage), and the weight and state files are
+verified against `checksums.json` when loaded. `SSA_SKIP_CHECKSUMS=1` (or `verify=False`) skips
+the hashing for very large checkpoints; a checkpoint without checksums.json (an export, a
+conversion, an older run) loads unverified.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +37,102 @@ STATE_FILE = "training_state.pt"
 LATEST = "latest"
 STEP_PREFIX = "step_"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+CHECKSUMS = "checksums.json"
+SKIP_CHECKSUMS_ENV = "SSA_SKIP_CHECKSUMS"
+
+
+class NonFiniteWeightsError(ValueError):
+    """A model holds NaN or inf parameters: it is neither saved nor loaded."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Integrity: finite parameters, checksums, a full disk
+# ----------------------------------------------------------------------------------------------
+def nonfinite_parameters(model) -> list[str]:
+    """Names of the parameters holding a NaN or inf."""
+    import torch
+
+    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
+def check_finite(model, what: str) -> None:
+    bad = nonfinite_parameters(model)
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{what} has non-finite weights (NaN or inf in {len(bad)} tensors, e.g. {bad[0]}): "
+            f"the training run diverged before it was saved; use an earlier checkpoint"
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _checksummed_files(step_dir: Path) -> list[Path]:
+    """The files whose corruption would go unnoticed: weights and training state (config and
+    tokenizer files are parsed and fail loudly; an export may also rewrite config.json)."""
+    return sorted(p for p in step_dir.iterdir() if p.is_file() and (p.suffix == ".safetensors" or p.name == STATE_FILE))
+
+
+def write_checksums(step_dir: Path) -> None:
+    sums = {p.name: _sha256(p) for p in _checksummed_files(step_dir)}
+    (step_dir / CHECKSUMS).write_text(json.dumps({"sha256": sums}, indent=1) + "\n", encoding="utf-8")
+
+
+def skip_checksums_requested() -> bool:
+    return os.environ.get(SKIP_CHECKSUMS_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def verify_checksums(step_dir: Path, names: list[str] | None = None, *, verify: bool | None = None) -> None:
+    """Compare files of `step_dir` (all recorded ones, or `names`) with checksums.json."""
+    if verify is None:
+        verify = not skip_checksums_requested()
+    record = Path(step_dir) / CHECKSUMS
+    if not verify or not record.is_file():
+        return
+    try:
+        sums = json.loads(record.read_text(encoding="utf-8"))["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {step_dir}: {CHECKSUMS} is corrupt ({err})") from None
+    for name in (names if names is not None else sorted(sums)):
+        if name not in sums or not (Path(step_dir) / name).is_file():
+            continue
+        if _sha256(Path(step_dir) / name) != sums[name]:
+            raise ValueError(
+                f"checkpoint {step_dir}: {name} does not match its recorded checksum (the file is corrupt); "
+                f"use another checkpoint, or set {SKIP_CHECKSUMS_ENV}=1 to load it anyway"
+            )
+
+
+_DISK_FULL_WORDS = ("No space left", "StorageFull", "os error 28", "unexpected pos", "file write failed")
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # torch's zip writer ("[enforce fail at inline_container.cc] . unexpected pos") and
+    # safetensors report a short write in their own words.
+    if isinstance(err, RuntimeError) or type(err).__name__ == "SafetensorError":
+        return any(w in str(err) for w in _DISK_FULL_WORDS)
+    return False
+
+
+def disk_full_error(err: BaseException, where: Path, what: str) -> OSError | None:
+    """A one-line OSError(ENOSPC) naming `where` when `err` means the disk is full, else None."""
+    if not _is_disk_full(err):
+        return None
+    try:
+        free = f"{shutil.disk_usage(where).free / 2**20:.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return OSError(errno.ENOSPC, f"disk full while writing {what} to {where} ({free}); "
+                                 f"the previous checkpoint is intact: free space, then --resume")
+
+
 
 
 def _quiet_transformers() -> None:
@@ -90,11 +195,13 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, training_state: 
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / step_dir_name(step)
+    check_finite(model, f"the model at step {step}")  # never publish a diverged model
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=ckpt_root))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         torch.save(training_state, tmp / STATE_FILE)
+        write_checksums(tmp)
         apply_umask_tree(tmp)  # mkdtemp (0700) and safetensors (0600) would hide it from everyone else
         _fsync_tree(tmp)
         if final.exists():
@@ -106,10 +213,19 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, training_state: 
         else:
             os.replace(tmp, final)
         _fsync_dir(ckpt_root)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = disk_full_error(err, ckpt_root, f"checkpoint {final.name}")
+        if full is not None:
+            raise full from None
         raise
-    write_text_atomic(ckpt_root / LATEST, final.name + "\n")
+    try:
+        write_text_atomic(ckpt_root / LATEST, final.name + "\n")
+    except OSError as err:
+        full = disk_full_error(err, ckpt_root, f"the {LATEST} pointer")
+        if full is not None:
+            raise full from None
+        raise
     prune_checkpoints(ckpt_root, keep=keep, protect=final.name)
     return final
 
@@ -169,13 +285,14 @@ def resolve_checkpoint(path) -> Path:
     return _check_step_dir(step)
 
 
-def load_training_state(step_dir: Path) -> dict:
+def load_training_state(step_dir: Path, *, verify: bool | None = None) -> dict:
     """The optimizer/RNG/data state saved with a checkpoint; a one-line error when unusable."""
     import torch
 
     f = Path(step_dir) / STATE_FILE
     if not f.is_file():
         raise FileNotFoundError(f"checkpoint {step_dir} has no {STATE_FILE}: it cannot be resumed")
+    verify_checksums(step_dir, [STATE_FILE], verify=verify)
     try:
         state = torch.load(f, map_location="cpu", weights_only=False)
     except Exception as err:  # pickle / zip errors vary by torch version
@@ -186,11 +303,16 @@ def load_training_state(step_dir: Path) -> dict:
     return state
 
 
-def load_model(step_dir: Path, device=None, dtype=None, **config_overrides):
-    """SSAForCausalLM from a step dir; `config_overrides` change config attributes at load time."""
+def load_model(step_dir: Path, device=None, dtype=None, *, verify: bool | None = None, **config_overrides):
+    """SSAForCausalLM from a step dir; `config_overrides` change config attributes at load time.
+
+    The weight files are checked against checksums.json (`verify=False` or SSA_SKIP_CHECKSUMS=1
+    skips that) and the loaded parameters must be finite.
+    """
     from ssa.model import SSAForCausalLM
 
     _quiet_transformers()
+    verify_checksums(step_dir, [p.name for p in Path(step_dir).glob("*.safetensors")], verify=verify)
     try:
         model = SSAForCausalLM.from_pretrained(step_dir, **config_overrides)
     except (OSError, RuntimeError, KeyError) as err:
@@ -199,6 +321,7 @@ def load_model(step_dir: Path, device=None, dtype=None, **config_overrides):
         if type(err).__name__ in ("SafetensorError", "HeaderTooLarge", "HeaderTooSmall"):
             raise ValueError(f"checkpoint {step_dir} weights are corrupt: {err}") from None
         raise
+    check_finite(model, f"checkpoint {step_dir}")  # before a cast: float16 may overflow legitimately large values
     if dtype is not None or device is not None:
         model = model.to(device=device, dtype=dtype)
     return model
@@ -215,7 +338,7 @@ def load_tokenizer(step_dir: Path):
         raise ValueError(f"checkpoint {step_dir} tokenizer could not be loaded: {err}") from None
 
 
-def load_for_inference(path, device=None, dtype=None):
+def load_for_inference(path, device=None, dtype=None, *, verify: bool | None = None):
     """(model in eval mode, tokenizer) from a run dir (latest checkpoint) or a checkpoint dir.
 
     `device` / `dtype` are passed to `model.to`; both may be strings ("cuda", "bfloat16").
@@ -227,6 +350,6 @@ def load_for_inference(path, device=None, dtype=None):
             raise ValueError(f"dtype must be a torch dtype or its name (float32, bfloat16, float16), got {dtype!r}")
         dtype = getattr(torch, dtype)
     step_dir = resolve_checkpoint(path)
-    model = load_model(step_dir, device=device, dtype=dtype)
+    model = load_model(step_dir, device=device, dtype=dtype, verify=verify)
     model.eval()
     return model, load_tokenizer(step_dir)

@@ -18,6 +18,19 @@ from .data import DataSpec
 
 METHODS = ("full", "moba", "nsa", "ssa")
 SECTIONS = ("model", "train", "data")
+ON_NONFINITE = ("stop", "skip")
+
+# What `--resume` may change: the schedule and the bookkeeping. Everything else (method, model.*,
+# data.*, train.seed, and the optimizer hyper-parameters, which the saved AdamW state carries)
+# would silently train something other than what the checkpoint and train_config.json describe.
+RESUME_MAY_CHANGE = frozenset({
+    "preset", "data.cache_dir",
+    *(f"train.{k}" for k in (
+        "max_steps", "lr", "min_lr", "warmup_steps", "grad_clip", "micro_batch_size", "grad_accum",
+        "log_every", "eval_every", "eval_batches", "save_every", "keep_checkpoints", "device", "dtype",
+        "num_threads", "ddp_find_unused_parameters", "on_nonfinite",
+    )),
+})
 
 # SSAConfig keyword arguments a config may set (method comes from --method / the "method" key).
 MODEL_KEYS = (
@@ -53,6 +66,9 @@ class TrainSpec:
     dtype: str = "auto"
     num_threads: int | None = None
     ddp_find_unused_parameters: bool = False
+    # A step whose loss or gradient norm is NaN/inf: "stop" the run (the default; the last
+    # checkpoint is intact) or "skip" the optimizer step and go on (stops after 5 in a row).
+    on_nonfinite: str = "stop"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainSpec":
@@ -92,6 +108,8 @@ class TrainSpec:
             raise ValueError(f"train.dtype must be one of auto, float32, bfloat16; got {self.dtype!r}")
         if self.num_threads is not None:
             pos_int("num_threads")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"train.on_nonfinite must be one of {', '.join(ON_NONFINITE)}; got {self.on_nonfinite!r}")
 
 
 def preset_dirs() -> list[Path]:
@@ -185,8 +203,33 @@ def resolve_config(base: dict, *, method: str | None, overrides: list[str] | Non
         raise ValueError(f"unknown model key(s) {bad}; allowed: {sorted(set(MODEL_KEYS) | _extra_model_keys())}")
     train = TrainSpec.from_dict(dict(cfg.get("train") or {}))
     data = DataSpec.from_dict(dict(cfg.get("data") or {}))
+    _check_model_section(method, model, data.seq_len)
     return {"preset": preset or cfg.get("preset"), "method": method, "model": model,
             "train": asdict(train), "data": asdict(data)}
+
+
+def _check_model_section(method: str, model: dict, seq_len: int) -> None:
+    """Build the model config now, so a bad model key fails before any data is read; its error
+    names the key as `model.KEY`."""
+    try:
+        from ssa.model import SSAConfig
+    except ImportError:  # the model package is optional for config validation
+        return
+    kwargs = dict(model)
+    kwargs.setdefault("max_position_embeddings", seq_len)
+    try:
+        config = SSAConfig(method=method, **kwargs)
+    except (ValueError, TypeError) as err:
+        text = str(err)
+        first = text.split(" ", 1)[0]
+        raise ValueError(f"model.{text}" if first in MODEL_KEYS or first in model else f"model section: {text}") from None
+    if seq_len > config.max_position_embeddings:
+        raise ValueError(
+            f"data.seq_len ({seq_len}) exceeds model.max_position_embeddings ({config.max_position_embeddings}): "
+            f"raise model.max_position_embeddings or lower data.seq_len"
+        )
+    if config.block_size > seq_len:
+        raise ValueError(f"model.block_size ({config.block_size}) must be <= data.seq_len ({seq_len})")
 
 
 def _extra_model_keys() -> set[str]:
@@ -199,3 +242,31 @@ def _extra_model_keys() -> set[str]:
         return {k for k in SSAConfig().to_dict() if not k.startswith("_")} - {"method"}
     except Exception:
         return set()
+
+
+def _flatten(cfg: dict) -> dict:
+    flat = {"method": cfg.get("method"), "preset": cfg.get("preset")}
+    for section in SECTIONS:
+        for key, value in (cfg.get(section) or {}).items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def check_resume_config(saved: dict, new: dict) -> None:
+    """Refuse a resume whose config differs from the checkpoint's in a key outside RESUME_MAY_CHANGE."""
+    old, cur = _flatten(saved), _flatten(new)
+    missing = object()
+    changed = []
+    for key in sorted(set(old) | set(cur)):
+        a, b = old.get(key, missing), cur.get(key, missing)
+        # A train/data key the checkpoint predates was resolved to its default: not a change.
+        if a is missing and not key.startswith("model."):
+            continue
+        if a != b and key not in RESUME_MAY_CHANGE:
+            changed.append(key)
+    if changed:
+        raise ValueError(
+            f"--resume cannot change {', '.join(changed)} (the checkpoint was trained with other values); "
+            f"a resumed run may change only {', '.join(sorted(k for k in RESUME_MAY_CHANGE if k.startswith('train.')))}"
+            f" and data.cache_dir: start a new run with another --out instead"
+        )

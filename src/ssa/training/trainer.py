@@ -26,13 +26,21 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import distributed as dist
-from .config import TrainSpec
+from .config import TrainSpec, check_resume_config
 from .data import DataSpec, PackedRows, TrainLoader, iter_documents, load_tokens, row_positions, val_rows
 from .optim import build_optimizer, lr_at
+from .runlock import RunDirLock
 from .tokenizer import build_tokenizer, is_byte_level
 
 # Modes each method can be validated under (docs/design.md §1.4); nsa has no full stream.
 VAL_MODES = {"full": ("full", "sparse"), "moba": ("full", "sparse"), "nsa": ("sparse",), "ssa": ("full", "sparse")}
+# train.on_nonfinite=skip gives up after this many skipped steps in a row: by then the run has
+# diverged, and skipping more would only burn compute.
+MAX_CONSECUTIVE_SKIPS = 5
+
+
+class TrainingDiverged(FloatingPointError):
+    """A non-finite loss or gradient norm stopped the run (the optimizer did not step)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,10 +183,14 @@ def train(cfg: dict, run_dir, *, resume: bool = False, progress: bool = True) ->
         # Each process gets its share of the cores; torch's default would oversubscribe under DDP.
         torch.set_num_threads(spec.num_threads or max(1, (os.cpu_count() or 1) // max(1, info.world_size)))
     dist.init(info, device)
+    # One writer per run directory: rank 0 holds the lock from before the first check to the end.
+    lock = RunDirLock(run_dir) if info.is_main else nullcontext()
     try:
-        trainer = Trainer(cfg, run_dir, info=info, device=device, resume=resume, progress=progress, t_start=t_start)
-        trainer.build()
-        return trainer.fit()
+        with lock:
+            trainer = Trainer(cfg, run_dir, info=info, device=device, resume=resume, progress=progress,
+                              t_start=t_start)
+            trainer.build()
+            return trainer.fit()
     finally:
         dist.shutdown()
 
@@ -212,6 +224,7 @@ class Trainer:
         self.t_start = time.time() if t_start is None else t_start
         self.step = 0
         self.start_step = 0
+        self.skipped_in_a_row = 0
         self.resume_dir: Path | None = None
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
@@ -221,6 +234,8 @@ class Trainer:
         if self.resume:
             self.resume_dir = ckpt.resolve_checkpoint(self.run_dir)
             saved = ckpt.load_training_state(self.resume_dir)
+            if "config" in saved:
+                check_resume_config(saved["config"], self.cfg)
         else:
             _check_fresh_run_dir(self.run_dir)
         seed_everything(self.spec.seed)
@@ -362,14 +377,46 @@ class Trainer:
             group["lr"] = lr
         (loss_v, ce_v, align_v), modes = self.forward_backward(self.loader.next_step())
         grad_norm = self.clip_gradients()
-        self.optimizer.step()
+        # Checked before the step: one NaN gradient would make every parameter NaN. The loss is
+        # averaged over ranks and the norm is of the all-reduced gradients, so all ranks agree.
+        finite = math.isfinite(loss_v) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        if not math.isfinite(loss_v):
-            raise FloatingPointError(f"loss became {loss_v} at step {self.step}; last checkpoint is kept in {self.run_dir}")
-        return {"step": self.step, "tokens": self.step * self.tokens_per_step, "loss": loss_v, "ce_loss": ce_v,
-                "align_loss": align_v, "lr": lr, "grad_norm": grad_norm, "attention_modes": dict(modes),
-                "epoch": self.loader.epoch}
+        record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "loss": loss_v, "ce_loss": ce_v,
+                  "align_loss": align_v, "lr": lr, "grad_norm": grad_norm, "attention_modes": dict(modes),
+                  "epoch": self.loader.epoch}
+        if not finite:
+            self.on_nonfinite(record)
+        else:
+            self.skipped_in_a_row = 0
+        return record
+
+    def on_nonfinite(self, record: dict) -> None:
+        """A step with a NaN/inf loss or gradient norm: its update was not applied. Stop, or skip
+        it (train.on_nonfinite) until MAX_CONSECUTIVE_SKIPS steps in a row were skipped."""
+        self.skipped_in_a_row += 1
+        what = f"loss {record['loss']:.4g}, gradient norm {record['grad_norm']:.4g} at step {self.step}"
+        if self.spec.on_nonfinite == "skip" and self.skipped_in_a_row < MAX_CONSECUTIVE_SKIPS:
+            record["skipped"] = True
+            self.log({"event": "skipped_nonfinite_step", "step": self.step, "loss": record["loss"],
+                      "grad_norm": record["grad_norm"]})
+            return
+        self.log({"event": "diverged", "step": self.step, "loss": record["loss"], "grad_norm": record["grad_norm"]})
+        how = (f"{self.skipped_in_a_row} steps in a row were skipped" if self.spec.on_nonfinite == "skip"
+               else "train.on_nonfinite=stop")
+        raise TrainingDiverged(f"training diverged ({what}; {how}); the update was not applied. "
+                               f"{self._checkpoint_note()}")
+
+    def _checkpoint_note(self) -> str:
+        """Where the run can be continued from, said truthfully."""
+        steps = ckpt.list_step_dirs(self.run_dir / "checkpoints")
+        if not steps:
+            return (f"No checkpoint was saved yet (train.save_every={self.spec.save_every}); "
+                    f"lower train.lr and start again")
+        return (f"The last checkpoint, {steps[-1].name} in {self.run_dir / 'checkpoints'}, is intact: "
+                f"lower train.lr and continue with --resume")
 
     @property
     def tokens_per_step(self) -> int:
@@ -411,10 +458,11 @@ class Trainer:
             if self.step % spec.log_every == 0 or self.step == spec.max_steps or self.step == self.start_step + 1:
                 self.log(last)
                 window_t, window_steps = now, 0
-            ema = last["loss"] if ema is None else 0.9 * ema + 0.1 * last["loss"]
+            if not last.get("skipped"):
+                ema = last["loss"] if ema is None else 0.9 * ema + 0.1 * last["loss"]
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{ema:.3f}", ce=f"{last['ce_loss']:.3f}", align=f"{last['align_loss']:.2e}",
+                bar.set_postfix(loss="-" if ema is None else f"{ema:.3f}", ce=f"{last['ce_loss']:.3f}", align=f"{last['align_loss']:.2e}",
                                 lr=f"{last['lr']:.1e}", tok_s=f"{last['tokens_per_s']:,.0f}", refresh=False)
             if self._due(spec.eval_every):
                 last_val = self.evaluate() or last_val
