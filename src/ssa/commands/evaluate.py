@@ -121,6 +121,11 @@ def _check_args(args) -> None:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    if args.seq_len is not None and args.seq_len < 2:
+        # A row of L tokens scores its last L - 1: one token scores nothing.
+        raise ValueError(f"--seq-len must be >= 2 (a row of L tokens scores L - 1 of them), got {args.seq_len}")
+    if args.doc_tokens is not None and args.doc_tokens < 2:
+        raise ValueError(f"--doc-tokens must be >= 2 (a document of N tokens scores N - 1 of them), got {args.doc_tokens}")
     if args.tag is not None:
         import re
 
@@ -140,7 +145,9 @@ def run(args) -> int:
 
     _check_args(args)
     sections = _section_list(args)
+    _check_inputs(args, sections)  # every file a section needs, before minutes of evaluation
     loaded = loading.load(args.checkpoint, device=args.device, dtype=args.dtype)
+    _check_lengths(loaded, args, sections)
     torch.manual_seed(args.seed)
     modes = args.modes or list(loaded.modes)
     if loaded.method == "nsa" and "full" in modes:
@@ -158,6 +165,47 @@ def run(args) -> int:
         print(f"\n== {section} ==\n{text}\n-> {path}")
         sys.stdout.flush()
     return 0
+
+
+def _default_long_data():
+    """gutenberg/test.jsonl.gz of the shared data folder, or None."""
+    from ssa.training.tokenizer import shared_data_dir
+
+    root = shared_data_dir()
+    path = None if root is None else root / "gutenberg" / "test.jsonl.gz"
+    return path if path is not None and path.is_file() else None
+
+
+def _check_inputs(args, sections) -> None:
+    """Each file the chosen sections read exists (a missing one would fail after earlier sections ran)."""
+    if args.data != "val" and not Path(args.data).expanduser().is_file():
+        raise FileNotFoundError(f"--data {args.data} does not exist (expected a .txt, .jsonl or .jsonl.gz file, or 'val')")
+    needs_long = "extrapolation" in sections or ("retrieval" in sections and "text" in args.haystack)
+    if needs_long and args.long_data not in (None, "val") and not Path(args.long_data).expanduser().is_file():
+        raise FileNotFoundError(f"--long-data {args.long_data} does not exist (expected a .txt, .jsonl or .jsonl.gz file, or 'val')")
+    if "extrapolation" in sections and args.long_data is None and _default_long_data() is None:
+        raise FileNotFoundError(
+            f"--{'all' if args.all else 'extrapolation'} needs long documents: pass --long-data FILE (or 'val'); "
+            "the default, gutenberg/test.jsonl.gz of the shared data folder ($SSA_DATA_DIR), was not found"
+        )
+    if "commonsense" in sections:
+        from ssa.evaluation.multiple_choice import task_path
+
+        for task in (t.strip() for t in args.commonsense.split(",") if t.strip()):
+            task_path(task, args.tasks_dir)
+
+
+def _check_lengths(loaded, args, sections) -> None:
+    """Lengths that cannot be scored are refused; lengths past training are allowed with a note."""
+    seq_len = args.seq_len or loaded.train_len
+    s = args.block_size or loaded.config.block_size
+    if {"perplexity", "attention"} & set(sections):
+        if seq_len > loaded.config.max_position_embeddings:
+            print(f"ssa eval: warning: --seq-len {seq_len} exceeds the model's max_position_embeddings "
+                  f"({loaded.config.max_position_embeddings}): positions past it were never trained", file=sys.stderr)
+        if s > seq_len:
+            print(f"ssa eval: warning: --block-size {s} exceeds the row length {seq_len}: every row is one partial "
+                  f"block, so sparse equals full attention", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,15 +267,7 @@ def _eval_attention(loaded, args, modes, progress):
 def _long_documents(loaded, args, min_tokens, max_tokens):
     from ssa.evaluation.text import document_tokens, read_documents
 
-    path = args.long_data
-    if path is None:
-        from ssa.training.tokenizer import shared_data_dir
-
-        root = shared_data_dir()
-        if root is None or not (root / "gutenberg" / "test.jsonl.gz").is_file():
-            raise FileNotFoundError("--extrapolation needs long documents: pass --long-data FILE "
-                                    "(default gutenberg/test.jsonl.gz of the shared data folder, not found)")
-        path = root / "gutenberg" / "test.jsonl.gz"
+    path = args.long_data or _default_long_data()  # _check_inputs made sure there is one
     limit = args.limit if args.limit is not None else (2 if loaded.device.type == "cpu" else None)
     if path == "val":
         import torch
