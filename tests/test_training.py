@@ -199,7 +199,7 @@ def test_bad_checkpoints_give_clear_errors_and_change_nothing(tmp_path):
     cfg_more = micro_config("full", max_steps=6, save_every=3)
     (step_dir / "training_state.pt").write_bytes(b"garbage")
     before = snapshot(run)
-    with pytest.raises(ValueError, match="training_state.pt is corrupt"):
+    with pytest.raises(ValueError, match="training_state.pt does not match its recorded checksum"):
         T.train(cfg_more, run, resume=True, progress=False)
     assert snapshot(run) == before
 
