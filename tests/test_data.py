@@ -257,3 +257,29 @@ def test_ranks_take_disjoint_slices_of_each_global_batch():
         assert np.array_equal(np.concatenate(per_rank), whole)  # together: exactly the global batch
     with pytest.raises(ValueError, match="rank"):
         D.TrainLoader(rows, micro_batch=1, grad_accum=1, seed=0, rank=2, world_size=2)
+
+
+def test_data_folder_from_env_then_home_default_then_clear_error(tmp_path, monkeypatch):
+    from ssa.training.data import resolve_files
+
+    home, data = tmp_path / "home", tmp_path / "mydata"
+    (data / "gutenberg").mkdir(parents=True)
+    (data / "gutenberg" / "a.txt").write_text("x")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SSA_DATA_DIR", str(data))
+    assert shared_data_dir() == data
+    assert resolve_files("shared:gutenberg/a.txt") == [data / "gutenberg" / "a.txt"]
+
+    monkeypatch.delenv("SSA_DATA_DIR")
+    assert shared_data_dir() is None  # the default ~/.cache/ssa/data does not exist yet
+    for call in (lambda: build_tokenizer("gpt2"), lambda: resolve_files("shared:gutenberg/a.txt")):
+        with pytest.raises(FileNotFoundError, match=r"SSA_DATA_DIR is not set and the default ~/.cache/ssa/data"):
+            call()
+    default = home / ".cache" / "ssa" / "data"
+    default.mkdir(parents=True)
+    assert shared_data_dir() == default
+
+    monkeypatch.setenv("SSA_DATA_DIR", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match=r"tokenizer 'gpt2' needs the data folder: SSA_DATA_DIR=.*missing "
+                                                r"is not a directory .*'gpt2:PATH'"):
+        build_tokenizer("gpt2")

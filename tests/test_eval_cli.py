@@ -29,6 +29,11 @@ def test_eval_all_sections_write_json(tiny_runs, tmp_path, capsys):  # noqa: F81
     key = {(r["rope"], r["multiple"], r["mode"]): r for r in ext}
     assert key[("llama3", 1.0, "full")]["nll"] == key[("none", 1.0, "full")]["nll"]
     assert key[("llama3", 2.0, "full")]["nll"] != key[("none", 2.0, "full")]["nll"]
+    # The printed table shows the 1x rows once (under "none"), not again as llama3 copies.
+    printed = out.split("== extrapolation ==")[1].split("== retrieval ==")[0]
+    rows = [(w[0], float(w[1]), w[3]) for w in map(str.split, printed.splitlines()) if w and w[0] in ("none", "llama3")]
+    assert sorted(rows) == sorted((rope, m, mode) for rope, m in (("none", 1.0), ("none", 2.0), ("llama3", 2.0))
+                                  for mode in ("full", "sparse"))
     att = json.loads((run / "eval" / "attention.json").read_text())["modes"]
     assert set(att) == {"full", "sparse"} and len(att["full"]["layers"]) == 2
 

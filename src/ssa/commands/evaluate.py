@@ -84,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("extrapolation")
     g.add_argument("--long-data", default=None,
                    help="long documents: a .txt/.jsonl/.jsonl.gz file, or 'val' (the run's held-out stream cut into "
-                        "--doc-tokens pieces); default: gutenberg/test.jsonl.gz of the shared data")
+                        "--doc-tokens pieces); default: gutenberg/test.jsonl.gz of the data folder")
     g.add_argument("--lengths", type=_floats("--lengths", lo=0.01), default=[1, 2, 4, 8],
                    help="evaluation lengths as multiples of the training length (default 1,2,4,8)")
     g.add_argument("--rope", type=_words("--rope", ("none", "llama3")), default=["none", "llama3"],
@@ -105,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("commonsense")
     g.add_argument("--num-fewshot", type=int, default=0)
-    g.add_argument("--tasks-dir", default=None, help="folder with hellaswag.jsonl.gz, piqa.jsonl, ... (default: shared data eval/)")
+    g.add_argument("--tasks-dir", default=None, help="folder with hellaswag.jsonl.gz, piqa.jsonl, ... (default: eval/ of the data folder)")
 
 
 def _section_list(args) -> list[str]:
@@ -168,7 +168,7 @@ def run(args) -> int:
 
 
 def _default_long_data():
-    """gutenberg/test.jsonl.gz of the shared data folder, or None."""
+    """gutenberg/test.jsonl.gz of the data folder, or None."""
     from ssa.training.tokenizer import shared_data_dir
 
     root = shared_data_dir()
@@ -186,7 +186,7 @@ def _check_inputs(args, sections) -> None:
     if "extrapolation" in sections and args.long_data is None and _default_long_data() is None:
         raise FileNotFoundError(
             f"--{'all' if args.all else 'extrapolation'} needs long documents: pass --long-data FILE (or 'val'); "
-            "the default, gutenberg/test.jsonl.gz of the shared data folder ($SSA_DATA_DIR), was not found"
+            "the default, gutenberg/test.jsonl.gz of the data folder ($SSA_DATA_DIR, else ~/.cache/ssa/data), was not found"
         )
     if "commonsense" in sections:
         from ssa.evaluation.multiple_choice import task_path
@@ -298,8 +298,11 @@ def _eval_extrapolation(loaded, args, modes, progress):
     settings = {"data": path, "documents": len(docs), "doc_tokens": doc_tokens, "train_len": loaded.train_len,
                 "multiples": args.lengths, "rope": args.rope, "modes": modes, "limit": limit,
                 "block_count": args.block_count or loaded.config.block_count}
+    # llama3 scaling at 1x is no scaling: the JSON repeats the plain rows under rope "llama3" for
+    # plotting, the printed table shows them once.
     text = table(["rope", "x", "length", "mode", "ppl", "bpb", "tokens"],
-                 [[r["rope"], r["multiple"], r["length"], r["mode"], r["ppl"], r["bpb"], r["tokens"]] for r in results])
+                 [[r["rope"], r["multiple"], r["length"], r["mode"], r["ppl"], r["bpb"], r["tokens"]] for r in results
+                  if not (r["rope"] == "llama3" and r["multiple"] <= 1)])
     return settings, {"results": results}, text
 
 

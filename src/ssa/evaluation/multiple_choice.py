@@ -27,7 +27,7 @@ FEWSHOT_DELIMITER = "\n\n"
 
 
 def task_path(task: str, tasks_dir=None) -> Path:
-    """A known task name (looked up in tasks_dir or the shared data eval/ folder) or a .jsonl(.gz) path."""
+    """A known task name (looked up in tasks_dir or the data folder's eval/) or a .jsonl(.gz) path."""
     p = Path(task)
     if p.suffix in (".jsonl", ".gz") or p.is_file():
         if not p.is_file():
@@ -36,12 +36,9 @@ def task_path(task: str, tasks_dir=None) -> Path:
     if task not in KNOWN_TASKS:
         raise ValueError(f"--commonsense tasks must be among {KNOWN_TASKS} or .jsonl(.gz) files, got {task!r}")
     if tasks_dir is None:
-        from ssa.training.tokenizer import shared_data_dir
+        from ssa.training.tokenizer import require_data_dir
 
-        root = shared_data_dir()
-        if root is None:
-            raise FileNotFoundError("no shared data folder for the commonsense tasks: pass --tasks-dir DIR")
-        tasks_dir = root / "eval"
+        tasks_dir = require_data_dir(f"--commonsense task {task!r}", " or pass --tasks-dir DIR") / "eval"
     for name in (f"{task}.jsonl", f"{task}.jsonl.gz"):
         if (Path(tasks_dir) / name).is_file():
             return Path(tasks_dir) / name

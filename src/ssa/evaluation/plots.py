@@ -9,7 +9,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-MODE_STYLE = {"sparse": "-", "full": "--"}
+# Sparse and full curves of one run share a colour; they must stay apart when they coincide, so
+# full gets a dashed line and hollow squares drawn over sparse's solid line and filled circles.
+MODE_STYLE = {"sparse": dict(ls="-", marker="o"), "full": dict(ls="--", marker="s", mfc="none", ms=7)}
+# A perplexity axis spans at least this fraction of its values: a 0.05% difference drawn across the
+# whole plot height would look like an effect.
+MIN_RELATIVE_SPAN = 0.02
 
 
 def _colors(runs):
@@ -17,11 +22,30 @@ def _colors(runs):
     return {r["name"]: cmap(i % 10) for i, r in enumerate(runs)}
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def honest_ylim(values, min_relative_span: float = MIN_RELATIVE_SPAN) -> tuple[float, float] | None:
+    """y limits around `values` that span at least `min_relative_span` of their midpoint.
+
+    None when the values already span more (matplotlib's own limits are then honest).
+    """
+    lo, hi = min(values), max(values)
+    mid = (lo + hi) / 2
+    need = min_relative_span * abs(mid)
+    if hi - lo >= need or need == 0:
+        return None
+    return mid - need / 2 - (hi - lo) * 0.05, mid + need / 2 + (hi - lo) * 0.05
+
+
+def _plain_numbers(ax) -> None:
+    """Tick labels as the values themselves, never as an offset ("+1.697") plus tiny deltas."""
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
 
 
 def budget_curve(runs, path: Path) -> Path | None:
@@ -30,21 +54,31 @@ def budget_curve(runs, path: Path) -> Path | None:
         return None
     colors = _colors(runs)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    rfs = sorted({x["receptive_field"] for _, d in data for x in d["results"] if x["receptive_field"]})
+    ppls = []
     for r, doc in data:
         sparse = [x for x in doc["results"] if x["mode"] == "sparse"]
         if sparse:
-            ax.plot([x["receptive_field"] for x in sparse], [x["ppl"] for x in sparse], "o-", color=colors[r["name"]],
-                    label=f"{r['name']} sparse")
+            ax.plot([x["receptive_field"] for x in sparse], [x["ppl"] for x in sparse], color=colors[r["name"]],
+                    label=f"{r['name']} sparse", **MODE_STYLE["sparse"])
         full = [x for x in doc["results"] if x["mode"] == "full"]
-        if full:
-            ax.axhline(full[0]["ppl"], ls="--", color=colors[r["name"]], lw=1, label=f"{r['name']} full")
+        if full and rfs:  # full attention has no budget: one value, drawn across the swept budgets
+            ax.plot(rfs, [full[0]["ppl"]] * len(rfs), color=colors[r["name"]], lw=1, label=f"{r['name']} full",
+                    **MODE_STYLE["full"])
+        ppls += [x["ppl"] for x in sparse + full[:1] if x.get("ppl") is not None]
     ax.set_xscale("log", base=2)
-    rfs = sorted({x["receptive_field"] for _, d in data for x in d["results"] if x["receptive_field"]})
     ax.set_xticks(rfs, [str(v) for v in rfs])
     ax.minorticks_off()
     ax.set_xlabel("receptive field (block_count x block_size tokens)")
     ax.set_ylabel("perplexity")
-    ax.set_title("Sparse budget sweep (dashed: full attention)")
+    ax.set_title("Sparse budget sweep (solid, filled: sparse; dashed, hollow: full attention)", fontsize=10)
+    _plain_numbers(ax)
+    ylim = honest_ylim(ppls) if ppls else None
+    if ylim:
+        ax.set_ylim(*ylim)
+        ax.annotate(f"all values within {max(ppls) - min(ppls):.2g}; the axis spans {MIN_RELATIVE_SPAN:.0%} "
+                    "of the value so that noise does not look like an effect",
+                    xy=(0.01, 0.01), xycoords="axes fraction", fontsize=7, color="dimgray")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
@@ -62,8 +96,7 @@ def ppl_vs_length(runs, path: Path, key: str = "extrapolation") -> Path | None:
             for mode in ("sparse", "full"):
                 pts = sorted((x["length"], x["ppl"]) for x in doc["results"] if x["rope"] == rope and x["mode"] == mode)
                 if pts:
-                    ax.plot(*zip(*pts), marker="o", ls=MODE_STYLE[mode], color=colors[r["name"]],
-                            label=f"{r['name']} {mode}")
+                    ax.plot(*zip(*pts), color=colors[r["name"]], label=f"{r['name']} {mode}", **MODE_STYLE[mode])
         train_len = data[0][1]["settings"].get("train_len")
         if train_len:
             ax.axvline(train_len, color="gray", lw=0.8, ls=":")
@@ -79,6 +112,11 @@ def ppl_vs_length(runs, path: Path, key: str = "extrapolation") -> Path | None:
             ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
             ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
             ax.tick_params(axis="y", which="minor", labelsize=7)
+        else:
+            _plain_numbers(ax)
+            ylim = honest_ylim(ppls) if ppls else None
+            if ylim:
+                ax.set_ylim(*ylim)
         ax.set_xlabel("evaluation length (tokens); dotted: training length")
         src = Path(str(data[0][1]["settings"].get("data", ""))).name
         ax.set_title(f"{src}: RoPE {'as trained' if rope == 'none' else 'llama3-scaled (factor L/train_len)'}",
@@ -101,11 +139,11 @@ def attention_by_layer(runs, path: Path) -> Path | None:
         for r, doc in data:
             for mode, summ in doc["modes"].items():
                 ys = [L[key] for L in summ["layers"]]
-                ax.plot(range(len(ys)), ys, marker="o", ls=MODE_STYLE.get(mode, "-"), color=colors[r["name"]],
-                        label=f"{r['name']} {mode}")
+                ax.plot(range(len(ys)), ys, color=colors[r["name"]], label=f"{r['name']} {mode}",
+                        **MODE_STYLE.get(mode, MODE_STYLE["sparse"]))
         ax.set_xlabel("layer")
         ax.set_title(title)
-        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+        _plain_numbers(ax)
         if key == "sparsity":
             ax.set_ylim(0, 1.02)
         else:
@@ -114,7 +152,8 @@ def attention_by_layer(runs, path: Path) -> Path | None:
         ax.xaxis.get_major_locator().set_params(integer=True)
     n = data[0][1]["settings"].get("block_count")
     s = data[0][1]["settings"].get("block_size")
-    fig.suptitle(f"Attention statistics by layer (budget {n}x{s}; solid: sparse inference, dashed: full)", fontsize=10)
+    fig.suptitle(f"Attention statistics by layer (budget {n}x{s}; solid, filled: sparse inference; dashed, hollow: "
+                 "full)", fontsize=10)
     axes[-1].legend(fontsize=7)
     return _save(fig, path)
 
@@ -158,12 +197,29 @@ def retrieval_heatmap(runs, path: Path, key: str = "rank_accuracy") -> Path | No
         ax.set_title(f"{name} {mode}", fontsize=9)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    label = "rank@1 of the true key" if key == "rank_accuracy" else "greedy exact match"
+    chance, label = retrieval_chance([x for _, _, rows in panels for x in rows], key)
     fig.suptitle(f"Passkey retrieval: {label}", fontsize=10)
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    bar = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8)
+    bar.ax.axhline(chance, color="red", lw=2)
+    bar.ax.text(-0.2, chance, "chance", color="red", fontsize=7, ha="right", va="center",
+                transform=bar.ax.get_yaxis_transform())
+    return _save(fig, path, tight=False)
+
+
+def retrieval_chance(rows: list[dict], key: str) -> tuple[float, str]:
+    """The score of a model that ignores the context, and a title that states it.
+
+    rank@1: the true key is one of `candidates` keys scored alike, so 1 / candidates. Exact match:
+    guessing a random 5-digit key, 1e-5.
+    """
+    if key == "rank_accuracy":
+        counts = sorted({x["candidates"] for x in rows if x.get("candidates")})
+        if len(counts) == 1:
+            chance = 1 / counts[0]
+            return chance, f"rank@1 of the true key among {counts[0]} candidates (chance {chance:.2f}, red line)"
+        chance = 1 / counts[0] if counts else 0.0
+        return chance, f"rank@1 of the true key (chance at most {chance:.2f}, red line)"
+    return 1e-5, "greedy exact match of a random 5-digit key (chance 1e-5, red line)"
 
 
 def training_curves(runs, path: Path) -> Path | None:
@@ -180,11 +236,11 @@ def training_curves(runs, path: Path) -> Path | None:
                 alpha=0.6, lw=1, label=f"{r['name']} train ce")
         for mode in sorted({k for v in val for k in v["val_ce"]}):
             pts = [(v["step"], v["val_ce"][mode]) for v in val if mode in v["val_ce"]]
-            ax.plot(*zip(*pts), marker="o", ls=MODE_STYLE.get(mode, ":"), color=colors[r["name"]],
-                    label=f"{r['name']} val {mode}")
+            ax.plot(*zip(*pts), color=colors[r["name"]], label=f"{r['name']} val {mode}",
+                    **MODE_STYLE.get(mode, dict(ls=":", marker="^")))
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title("Training curves (markers: validation; solid sparse, dashed full)")
+    ax.set_title("Training curves (markers: validation; solid, filled: sparse; dashed, hollow: full)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)

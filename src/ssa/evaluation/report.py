@@ -269,7 +269,7 @@ def _extrapolation_section(runs):
             view = {**r, "results": {"extrapolation": doc}}
             for rope, mode in sorted({(x["rope"], x["mode"]) for x in doc["results"]}):
                 rows.append([r["name"], rope, mode] + [extrapolation_at(view, rope, mode, m) for m in mults])
-        data = docs[0][1]["settings"].get("data")
+        data = Path(str(docs[0][1]["settings"].get("data"))).name  # the file, not where one machine keeps it
         out += [f"## Length extrapolation: perplexity by evaluation length (x training length), data: `{data}`", "",
                 table(["run", "rope", "mode"] + [f"{m:g}x" for m in mults], rows, markdown=True), ""]
     return out

@@ -52,14 +52,16 @@ def read_results(run_dir: Path) -> dict[str, dict]:
 
 
 def fmt(x, digits: int = 3) -> str:
+    """A table cell: '-' for missing, 'inf'/'-inf'/'nan', and never '-0.000' for a value that rounds to 0."""
     if x is None:
         return "-"
     if isinstance(x, float):
+        if math.isnan(x):
+            return "nan"
         if not math.isfinite(x):
-            return "inf"
-        if abs(x) >= 1000:
-            return f"{x:.0f}"
-        return f"{x:.{digits}f}"
+            return "inf" if x > 0 else "-inf"
+        text = f"{x:.0f}" if abs(x) >= 1000 else f"{x:.{digits}f}"
+        return text[1:] if text.startswith("-") and not text.strip("-0.") else text
     return str(x)
 
 

@@ -21,7 +21,7 @@ Sources (`data.source`):
   "synthetic-copy"    embedded generated corpus: a random segment repeated after filler (synthetic.py)
   "python-stdlib"     the .py files of this Python's standard library (one document per file)
   "shards:DIR"        token shards written by `ssa data prepare` (train / val splits, memory-mapped)
-  "shared:REL"        REL inside the shared data folder ($SSA_DATA_DIR, else ../shared/data)
+  "shared:REL"        REL inside the data folder ($SSA_DATA_DIR, else ~/.cache/ssa/data)
   PATH / GLOB / DIR   .txt (one document per file), .jsonl or .jsonl.gz (one document per line,
                       field `data.text_field`); a list of these is accepted too
 Held-out split: synthetic uses a different seed stream; gutenberg-style `train.jsonl.gz` uses the
@@ -47,7 +47,7 @@ from ssa.textfiles import iter_file_documents
 
 from .shards import is_shard_source, open_split, shard_dir
 from .synthetic import CopySpec, RecallSpec, copy_documents, recall_documents
-from .tokenizer import encode_document, shared_data_dir, tokenizer_fingerprint
+from .tokenizer import encode_document, require_data_dir, tokenizer_fingerprint
 
 EMBEDDED_SOURCES = ("synthetic-recall", "synthetic-copy", "python-stdlib")
 # Generated sources: source name -> (spec class of `data.synthetic`, document generator).
@@ -71,11 +71,8 @@ def resolve_files(source: str | os.PathLike | list) -> list[Path]:
     for item in items:
         s = str(item)
         if s.startswith("shared:"):
-            # "shared:gutenberg/train.jsonl.gz" -> inside the shared data folder ($SSA_DATA_DIR).
-            root = shared_data_dir()
-            if root is None:
-                raise FileNotFoundError(f"data.source {s}: no shared data folder found (set SSA_DATA_DIR)")
-            s = str(root / s[len("shared:"):])
+            # "shared:gutenberg/train.jsonl.gz" -> inside the data folder ($SSA_DATA_DIR).
+            s = str(require_data_dir(f"data.source {s}") / s[len("shared:"):])
         p = Path(s).expanduser()
         if p.is_file():
             if not _has_suffix(p):

@@ -6,7 +6,7 @@ model weights and `AutoTokenizer.from_pretrained(checkpoint_dir)` loads it back 
 
 Spec strings accepted by `build_tokenizer`:
   "bytes"            256 byte tokens (id == byte value) + "<|endoftext|>" (id 256)
-  "gpt2"             the GPT-2 BPE from the shared data folder (vocab.json + merges.txt)
+  "gpt2"             the GPT-2 BPE of the data folder (tokenizer/gpt2/vocab.json + merges.txt)
   "gpt2:PATH" / PATH a directory holding vocab.json + merges.txt, or a tokenizer.json file
   "train-bpe:N"      a byte-level BPE with N tokens trained on the training corpus
 """
@@ -21,21 +21,27 @@ from typing import Iterable
 EOS_TOKEN = "<|endoftext|>"
 SPECS = ("bytes", "gpt2", "gpt2:PATH", "PATH (dir with vocab.json+merges.txt, or tokenizer.json)", "train-bpe:N")
 
-# Where the GPT-2 files live in a development checkout (../shared/data next to the repo) unless
-# SSA_DATA_DIR says otherwise.
-DEFAULT_DATA_DIRS = ("/work/shared/data",)
+# The data folder (GPT-2 tokenizer files, Gutenberg books, evaluation tasks; layout in
+# docs/training.md): $SSA_DATA_DIR, else this default.
+DATA_DIR_ENV = "SSA_DATA_DIR"
+DEFAULT_DATA_DIR = "~/.cache/ssa/data"
 
 
 def shared_data_dir() -> Path | None:
-    """The shared data folder, if present: $SSA_DATA_DIR, then ../shared/data of the checkout."""
-    env = os.environ.get("SSA_DATA_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[3].parent / "shared" / "data")
-    candidates += [Path(p) for p in DEFAULT_DATA_DIRS]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return None
+    """The data folder if it exists: $SSA_DATA_DIR, else ~/.cache/ssa/data."""
+    path = Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
+    return path if path.is_dir() else None
+
+
+def require_data_dir(what: str, alternative: str = "") -> Path:
+    """The data folder, or a FileNotFoundError saying that `what` needs it and how to provide it."""
+    root = shared_data_dir()
+    if root is not None:
+        return root
+    env = os.environ.get(DATA_DIR_ENV)
+    where = (f"{DATA_DIR_ENV}={env} is not a directory" if env else
+             f"{DATA_DIR_ENV} is not set and the default {DEFAULT_DATA_DIR} does not exist")
+    raise FileNotFoundError(f"{what} needs the data folder: {where} (set {DATA_DIR_ENV}{alternative})")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -101,12 +107,7 @@ def gpt2_tokenizer(path: str | os.PathLike | None = None):
     from tokenizers import Tokenizer, models
 
     if path is None:
-        root = shared_data_dir()
-        if root is None:
-            raise FileNotFoundError(
-                "tokenizer 'gpt2': no shared data folder found (set SSA_DATA_DIR or pass 'gpt2:PATH')"
-            )
-        path = root / "tokenizer" / "gpt2"
+        path = require_data_dir("tokenizer 'gpt2'", " or pass 'gpt2:PATH'") / "tokenizer" / "gpt2"
     p = Path(path)
     if p.is_file() and p.suffix == ".json":
         try:
