@@ -130,6 +130,25 @@ def test_select_blocks_ties_go_to_lower_block(select_kernel):
     assert torch.equal(reference.select_blocks(q.cpu(), k.cpu(), s, n, D ** -0.5), want)
 
 
+@pytest.mark.parametrize("variant", [{}, {"FLOAT_INSERT": False}, {"KERNEL": "v1"}, {"KERNEL": "v1", "MERGE_BY_SORT": True}])
+@pytest.mark.parametrize("n", [2, 4])
+def test_select_blocks_group_scores_above_two(monkeypatch, variant, n):
+    # A group of 16 heads with one KV head: rows with few candidates have group scores up to 16, and a
+    # score >= 2.0 has float bits >= 0x40000000, so its top-k key reaches 2^62. The buffer padding must
+    # sit above every key; at 2^62 it became the "K-th best", so later tiles overwrote the padding
+    # slots and rows 32-47 came back as [0, 0] or [0, 1] instead of holding their own block 2.
+    from ssa.ops.triton import _select
+
+    for name, value in variant.items():
+        monkeypatch.setattr(_select, name, value)
+    B, T, HQ, HK, D, s = 1, 48, 16, 1, 16, 16
+    q, k, _ = _qkv(B, T, HQ, HK, D, torch.float32)
+    got = tri.select_blocks(q, k, s, n, D ** -0.5)
+    own = (torch.arange(T, device=got.device) // s)[None, :, None, None]
+    assert ((got == own).sum(-1) == 1).all()  # own block exactly once
+    assert _check_selection(got, q, k, s, n, D ** -0.5, 16 * 2e-6) == 0 or DEVICE == "cuda"
+
+
 def test_select_blocks_through_dispatch():
     q, k, _ = _qkv(1, 90, 4, 2, 32, torch.float32, seed=3)
     got = api.select_blocks(q, k, block_size=16, block_count=3, backend="triton")

@@ -45,7 +45,10 @@ from ._common import LOG2E, interpreting, mma, next_pow2
 # Block b is stored as b ^ _LOW_MAX == _LOW_MAX - b in the low word of a key (lower block, larger key).
 _LOW_MAX = tl.constexpr(2**31 - 1)
 _NEG = tl.constexpr(-(2**62))  # key of a non-candidate: below every filler
-_PAD = tl.constexpr(2**62)  # buffer slots beyond N-1: above every key, so never the minimum
+# Buffer slots beyond N-1 hold the largest int64, above every key, so they are never the minimum. (A
+# score of 2.0 or more, possible whenever the group has G >= 2 heads, has float bits >= 0x40000000, so
+# its key reaches 2^62: the padding must sit above the whole non-negative key range.)
+_PAD = tl.constexpr(2**63 - 1)
 
 
 @triton.jit
