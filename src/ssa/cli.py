@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 from ssa.errors import CommandError  # re-exported: commands raise it
@@ -26,26 +27,33 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands=None) -> argparse.ArgumentParser:
+    """The `ssa` parser. Only the subcommands named in `commands` (default: all) get their full
+    arguments, which means importing their modules; the others are listed with their help line."""
     parser = argparse.ArgumentParser(prog="ssa", description="Sparse Sparse Attention toolkit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:  # command not available in this build
-                continue
-            raise
+        if importlib.util.find_spec(module_name) is None:  # command not available in this build
+            continue
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        if commands is None or name in commands:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand an argument list names: its first word that is not an option."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Only the chosen command's module is imported: `ssa --help` and a mistyped command stay fast.
+    parser = build_parser(commands=[_command_of(argv)])
     args = parser.parse_args(argv)
-    args._argv = list(sys.argv[1:] if argv is None else argv)  # for commands that record how they ran
+    args._argv = argv  # for commands that record how they ran
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
