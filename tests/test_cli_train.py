@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from ssa.cli import main
 from ssa.training.config import METHODS, available_presets, load_preset, resolve_config
@@ -96,7 +97,7 @@ def test_config_file_and_seed_flag(tmp_path, capsys):
 
 
 def test_every_preset_resolves_for_every_method():
-    from ssa.model import SSAConfig
+    from ssa.model import SSAConfig, SSAForCausalLM
 
     assert {"tiny", "study", "300m", "1b"} <= set(available_presets())
     for name in ("tiny", "study", "300m", "1b"):
@@ -106,6 +107,18 @@ def test_every_preset_resolves_for_every_method():
     big = resolve_config(load_preset("1b"), method="ssa")
     assert big["model"]["hidden_size"] == 2048 and big["data"]["seq_len"] == 8192
     assert big["model"]["block_size"] == 16 and big["model"]["block_count"] == 16
+    # The paper's shapes: 16 layers and RMSNorm eps 1e-5 at both sizes; the parameter counts the
+    # preset comments state (GPT-2 vocabulary) match the model they build.
+    for name, params in (("300m", "289M"), ("1b", "1.05B")):
+        preset = load_preset(name)
+        cfg = resolve_config(preset, method="ssa")["model"]
+        assert cfg["num_hidden_layers"] == 16 and cfg["rms_norm_eps"] == 1e-5
+        with torch.device("meta"):
+            model = SSAForCausalLM(SSAConfig(vocab_size=50257, **cfg))
+        n = sum(p.numel() for p in model.parameters())
+        assert f"{params} parameters with GPT-2's vocabulary" in preset["_comment"]
+        assert f"{n / 1e9:.2f}B" == params if params.endswith("B") else f"{n / 1e6:.0f}M" == params
+        assert "_choices" in preset  # what the project chose itself is written down
 
 
 def test_presets_are_found_from_the_package_dir(tmp_path, monkeypatch):
