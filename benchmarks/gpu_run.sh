@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device session for the sparse-attention kernels. Run from the repo root on the GPU machine:
+# Native runs of the sparse-attention kernels (tests, benchmarks, profiles). Run from the repo root on the GPU machine:
 #   OUT=/some/dir bash benchmarks/gpu_run.sh [tests|bench|profile|ab|all]
 # tests:   native kernel tests (selection, attention, alignment loss, decode), 200 s at most
 # bench:   `ssa bench attention` and `ssa bench train-step` (GPT-2 vocabulary, and padded to 50304)
@@ -8,7 +8,6 @@
 # ab:      selection variants side by side (benchmarks/ab.py: selection alone, sparse forward and
 #          the train step with the fastest variant; writes $OUT/best_select.json)
 # all:     tests, then bench
-# Run 5 used one-off modes of this script (ab5, final, last, closing); RESULTS.md names the commits.
 set -o pipefail
 OUT=${OUT:-/tmp/ssa_bench}
 mkdir -p "$OUT"

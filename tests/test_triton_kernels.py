@@ -111,7 +111,7 @@ def test_select_blocks_matches_reference(B, T, HQ, HK, D, s, n, dtype, select_ke
     torch.cuda.is_available(), strict=False,
     reason="H100 (both kernels, runs 4 and 5): with identical block keys the fp32 logits still differ in the "
     "last ulp between tile columns (dot-product accumulation order), so 'ties' are decided by rounding "
-    "(v1: t=45 of seed 0 picks blocks 1,3,5,7,9); see benchmarks/debug_ties.py and RESULTS.md",
+    "(v1: t=45 of seed 0 picks blocks 1,3,5,7,9); see benchmarks/archive/debug_ties.py and RESULTS.md",
 )
 def test_select_blocks_ties_go_to_lower_block(select_kernel):
     # Identical keys: every candidate block has exactly the same score, so the exact top-k is the
