@@ -267,6 +267,6 @@ def check_resume_config(saved: dict, new: dict) -> None:
     if changed:
         raise ValueError(
             f"--resume cannot change {', '.join(changed)} (the checkpoint was trained with other values); "
-            f"a resumed run may change only {', '.join(sorted(k for k in RESUME_MAY_CHANGE if k.startswith('train.')))}"
-            f" and data.cache_dir: start a new run with another --out instead"
+            f"a resumed run may change only train.{{{', '.join(sorted(k[6:] for k in RESUME_MAY_CHANGE if k.startswith('train.')))}}}"
+            f" and data.cache_dir; start a new run with another --out instead"
         )
