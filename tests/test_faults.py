@@ -213,7 +213,7 @@ def test_resume_refuses_model_and_data_changes(trained, tmp_path, capsys):
     before = snapshot(run)
     one_line(capsys, ["train", "--out", str(run), "--resume", "--no-progress",
                       "--set", "model.hidden_size=256", "data.seq_len=32", "train.max_steps=3"],
-             "model.hidden_size", "data.seq_len", "train.max_steps")
+             "model.hidden_size", "data.seq_len", "max_steps")
     one_line(capsys, ["train", "--out", str(run), "--resume", "--set", "train.seed=3", "train.max_steps=3"],
              "train.seed")
     assert snapshot(run) == before  # train_config.json still says what was trained
