@@ -236,6 +236,12 @@ def test_what_cannot_be_mapped_is_a_one_line_error(tmp_path, capsys, build, mess
     assert message in _cli_error(tmp_path, capsys, build(tmp_path))
 
 
+def test_a_config_that_is_not_an_object_is_named(tmp_path, capsys):
+    src = write_official(tmp_path / "src", official_config(), official_weights(official_config()))
+    (src / "config.json").write_text("[1, 2]")
+    assert "must hold a JSON object" in _cli_error(tmp_path, capsys, ["--from-official", str(src), "--method", "ssa"])
+
+
 def test_missing_files_are_named(tmp_path, capsys):
     assert "does not exist" in _cli_error(tmp_path, capsys, ["--from-official", str(tmp_path / "nope"), "--method", "ssa"])
     src = write_official(tmp_path / "src", official_config(), official_weights(official_config()))

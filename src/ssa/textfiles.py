@@ -1,4 +1,4 @@
-"""Reading text corpora and JSONL records with one-line errors that name the file and line.
+"""Reading text corpora, JSONL records and JSON config files with one-line errors that name the file and line.
 
 Shared by training data and evaluation, which read the same kinds of files.
 """
@@ -10,6 +10,23 @@ import json
 import zlib
 from pathlib import Path
 from typing import Iterator
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """The JSON object in `path`; one-line errors name `what` and the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except OSError as err:
+        raise ValueError(f"{what} {path} could not be read: {err}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} {path} must hold a JSON object")
+    return obj
 
 
 def iter_jsonl(path: Path, label: str = "file") -> Iterator[tuple[int, dict]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..filemode import apply_umask
+from ..textfiles import read_json_object
 from .config import METHODS, SSAConfig
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -44,13 +45,7 @@ def resolve_checkpoint_dir(path, flag: str = "--from-llama") -> Path:
 
 
 def read_config_json(src: Path) -> dict:
-    try:
-        cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{src / 'config.json'} does not parse: {err}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{src / 'config.json'} must hold a JSON object")
-    return cfg
+    return read_json_object(src / "config.json", "checkpoint config")
 
 
 def read_llama_config(src: Path) -> dict:
@@ -86,22 +81,27 @@ def rope_settings(cfg: dict) -> tuple[float, dict | None]:
     return float(theta), {"rope_type": "llama3", **{k: scaling[k] for k in keep if k in scaling}}
 
 
-def ssa_config_from_llama(cfg: dict, method: str, **overrides) -> SSAConfig:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+def llama_settings(cfg: dict, max_positions_default: int = 8192) -> dict:
+    """SSAConfig fields of the Llama part of a Hugging Face config (shapes, RoPE, norm, tying, token ids)."""
     theta, scaling = rope_settings(cfg)
     heads = cfg["num_attention_heads"]
-    return SSAConfig(
-        method=method, vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
+    return dict(
+        vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
         intermediate_size=cfg["intermediate_size"], num_hidden_layers=cfg["num_hidden_layers"],
         num_attention_heads=heads, num_key_value_heads=cfg.get("num_key_value_heads") or heads,
         head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-        max_position_embeddings=cfg.get("max_position_embeddings", 8192), rope_theta=theta,
+        max_position_embeddings=cfg.get("max_position_embeddings", max_positions_default), rope_theta=theta,
         rope_llama3_scaling=scaling, rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         bos_token_id=_first(cfg.get("bos_token_id")), eos_token_id=cfg.get("eos_token_id"),
-        pad_token_id=cfg.get("pad_token_id"), **overrides,
+        pad_token_id=cfg.get("pad_token_id"),
     )
+
+
+def ssa_config_from_llama(cfg: dict, method: str, **overrides) -> SSAConfig:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return SSAConfig(method=method, **llama_settings(cfg), **overrides)
 
 
 def _first(x):

@@ -23,7 +23,7 @@ import torch
 
 from .config import METHODS, SSAConfig
 from .convert import (
-    check_out_dir, load_state_dict, read_config_json, resolve_checkpoint_dir, rope_settings, save_converted,
+    check_out_dir, llama_settings, load_state_dict, read_config_json, resolve_checkpoint_dir, save_converted,
 )
 
 FLAG = "--from-official"
@@ -98,21 +98,12 @@ def check_official_config(cfg: dict, method: str) -> None:
 def ssa_config_from_official(cfg: dict, method: str, **overrides) -> SSAConfig:
     """SSAConfig of a released checkpoint. `overrides` (block_size, block_count) win over its config."""
     check_official_config(cfg, method)
-    theta, scaling = rope_settings(cfg)
-    heads = cfg["num_attention_heads"]
     settings = dict(
-        method=method, vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"], num_hidden_layers=cfg["num_hidden_layers"],
-        num_attention_heads=heads, num_key_value_heads=cfg.get("num_key_value_heads") or heads,
-        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
-        max_position_embeddings=cfg.get("max_position_embeddings", 2048), rope_theta=theta,
-        rope_llama3_scaling=scaling, rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-        initializer_range=cfg.get("initializer_range", 0.02),
-        # their config class defaults: no tying, 64-token blocks, 16 of them
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        llama_settings(cfg, max_positions_default=2048),  # their config class's default
+        method=method, initializer_range=cfg.get("initializer_range", 0.02),
+        # their config class defaults: 64-token blocks, 16 of them
         block_size=cfg.get("block_size", 64), block_count=cfg.get("block_counts", 16),
-        use_cache=bool(cfg.get("use_cache", True)), bos_token_id=_first(cfg.get("bos_token_id")),
-        eos_token_id=cfg.get("eos_token_id"), pad_token_id=cfg.get("pad_token_id"),
+        use_cache=bool(cfg.get("use_cache", True)),
     )
     if method == "nsa":
         settings["nsa_window"] = cfg["window_size"]
@@ -120,10 +111,6 @@ def ssa_config_from_official(cfg: dict, method: str, **overrides) -> SSAConfig:
         settings["attention_mode"] = cfg["inference_mode"]  # what their SSA model runs at inference
     settings.update(overrides)
     return SSAConfig(**settings)
-
-
-def _first(x):
-    return x[0] if isinstance(x, list) else x
 
 
 def map_official_weights(state: dict, config: SSAConfig) -> dict[str, torch.Tensor]:

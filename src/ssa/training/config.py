@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..textfiles import read_json_object as _read_json
 from .data import DataSpec
 
 METHODS = ("full", "moba", "nsa", "ssa")
@@ -126,22 +127,6 @@ def available_presets() -> list[str]:
         if d.is_dir():
             names.update(p.stem for p in d.glob("*.json"))
     return sorted(names)
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} {path} does not exist") from None
-    except OSError as err:
-        raise ValueError(f"{what} {path} could not be read: {err}") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{what} {path} is not valid JSON: {err.msg} at line {err.lineno}") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{what} {path} must hold a JSON object")
-    return obj
 
 
 def load_preset(name: str) -> dict:
