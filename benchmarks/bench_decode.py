@@ -76,7 +76,7 @@ def decode_inputs(B, L, ragged, seed=0):
 
 def attention_bench(contexts, batches) -> list[dict]:
     from ssa.ops.decode import full_decode, sparse_decode
-    from ssa.ops.decode_triton import sparse_decode_triton
+    from ssa.ops.triton._decode import sparse_decode_triton
 
     scale = D ** -0.5
     rows = []

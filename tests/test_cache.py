@@ -225,12 +225,16 @@ def test_decode_op_argument_errors():
         sparse_decode(q, k, v, kbar, lens, 4, 0)
     with pytest.raises(ValueError, match="backend must be one of"):
         sparse_decode(q, k, v, kbar, lens, 4, 2, backend="cuda")
-    with pytest.raises(ValueError, match=r"q must have shape \[batch, q_heads, dim\]"):
-        sparse_decode(q[None], k, v, kbar, lens)
+    with pytest.raises(ValueError, match=r"q must have shape \[batch, q_heads, dim\] or \[batch, new_tokens"):
+        sparse_decode(q[None, None], k, v, kbar, lens)
     with pytest.raises(ValueError, match="lengths must be >= 1"):
         sparse_decode(q, k, v, kbar, torch.tensor([0]))
-    with pytest.raises(ValueError, match="k_cache holds 16 entries"):
+    with pytest.raises(ValueError, match="lengths reach 17 but the cache holds 16 slots"):
         full_decode(q, k, v, torch.tensor([17]))
+    with pytest.raises(ValueError, match="k_cache holds 16 entries but lengths need 17"):
+        full_decode(q, k, v, lens, max_length=17)
+    with pytest.raises(ValueError, match="lengths must be >= 3"):  # three new queries need three cached tokens
+        full_decode(q[:, None].expand(1, 3, 2, 4), k, v, torch.tensor([2]))
     with pytest.raises(TypeError, match="lengths must be an integer tensor"):
         full_decode(q, k, v, torch.tensor([3.0]))
 

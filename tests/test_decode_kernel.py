@@ -11,7 +11,7 @@ if not ON_GPU:  # must be set before triton is imported anywhere in this process
 pytest.importorskip("triton")
 
 from ssa.ops import decode  # noqa: E402
-from ssa.ops import decode_triton  # noqa: E402
+from ssa.ops.triton import _decode as decode_triton  # noqa: E402
 
 DEVICE = "cuda" if ON_GPU else "cpu"
 

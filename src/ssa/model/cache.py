@@ -11,6 +11,15 @@ so the cache keeps per-row lengths. Each layer stores
 A forward pass calls `begin` (which positions the new tokens get), each layer calls `write`, and
 `commit` advances the lengths once every layer has written. Generation reads `seen_tokens` (input
 columns consumed, padding included) to know which input ids are new.
+
+Two kinds of storage:
+
+- dynamic (default): buffers grow by doubling as tokens arrive;
+- static (`max_length=N`): buffers are allocated once for N tokens. A one-token step with no mask
+  (`begin_decode`) then touches only device tensors: it writes at each row's length, refreshes the
+  mean of the block it may have completed from that block's s keys, and bumps the lengths in
+  place. Nothing on the host depends on the current length, so the step can be captured in a CUDA
+  graph once and replayed (see `ssa.generation`).
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ class CacheStep:
     columns: int  # T, padding included
     start_t: torch.Tensor  # start as a LongTensor [B] on the model device
     positions: torch.Tensor  # [B, T] position of each column (0 for padding)
-    column_lengths: list  # decode: per column j, tokens cached per row once j is in ([B] tensors)
+    end_t: torch.Tensor | None = None  # int32 [B], tokens per row once this pass is in (decode reads it)
+    on_device: bool = False  # lengths live only on the device: scatter by slot, read the whole capacity
 
     @property
     def prefill(self) -> bool:
@@ -57,14 +67,19 @@ class _LayerKV:
 
 
 class SSACache:
-    """The cache `SSAForCausalLM` returns as `past_key_values` (and `generate` passes back)."""
+    """The cache `SSAForCausalLM` returns as `cache` (`past_key_values` before transformers 5.24)."""
 
-    # Read by transformers' generate: this cache grows dynamically, so it must not be compiled.
+    # Read by transformers' generate: its compiled path assumes transformers' own static cache
+    # layout; the static SSACache is captured by `ssa.generation` instead.
     is_compileable = False
 
-    def __init__(self, num_layers: int, block_size: int, value_means: bool = False):
+    def __init__(self, num_layers: int, block_size: int, value_means: bool = False, max_length: int | None = None):
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1):
+            raise ValueError(f"max_length must be None (a growing cache) or an int >= 1, got {max_length!r}")
         self.block_size = block_size
         self.value_means = value_means
+        # Static capacity in whole blocks, so kbar's slots stay aligned with k.
+        self.max_length = None if max_length is None else -(-max_length // block_size) * block_size
         self.layers = [_LayerKV() for _ in range(num_layers)]
         self.host_lengths: list[int] = []  # per row, on the host: no device sync to size buffers
         self.lengths: torch.Tensor | None = None  # the same on the model device
@@ -82,6 +97,10 @@ class SSACache:
     @property
     def batch_size(self) -> int:
         return len(self.host_lengths)
+
+    @property
+    def static(self) -> bool:
+        return self.max_length is not None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> "SSACache":
         """Keep row beam_idx[i] as row i (beam search)."""
@@ -118,26 +137,51 @@ class SSACache:
                     )
             elif min(count) < columns:
                 raise ValueError("attention_mask may contain zeros only in the prompt's left padding, not in new tokens")
+        start = list(self.host_lengths) if self.seen_tokens else [0] * batch
+        self._check_room(max(s + c for s, c in zip(start, count)))
         count_t = torch.tensor(count, device=device)
         col = torch.arange(columns, device=device)[None, :]
         offset = col - (columns - count_t[:, None])  # 0 at each row's first real column
         positions = (self.lengths[:, None] + offset).clamp(min=0)
         # Shared by every layer's decode: computed once per pass, not once per layer.
         # int32: what the decode kernel reads, so no per-layer cast.
-        column_lengths = [] if self.seen_tokens == 0 else [(self.lengths + j + 1).int() for j in range(columns)]
-        return CacheStep(list(self.host_lengths), count, columns, self.lengths, positions, column_lengths)
+        end_t = (self.lengths + count_t).int()
+        return CacheStep(start, count, columns, self.lengths, positions, end_t)
+
+    def begin_decode(self) -> CacheStep:
+        """One new token per row, no padding, on a static cache: no host sync, no host-side length.
+
+        The host lists still advance by one (pure host arithmetic), so eager calls keep working; a
+        captured graph replays only the device part, and its runner advances the host side.
+        """
+        if not self.static or self.seen_tokens == 0:
+            raise ValueError("begin_decode needs a static cache (max_length=...) that already holds a prompt")
+        self._check_room(max(self.host_lengths) + 1)
+        positions = self.lengths[:, None]
+        return CacheStep(list(self.host_lengths), [1] * self.batch_size, 1, self.lengths, positions,
+                         (self.lengths + 1).int(), on_device=True)
 
     def commit(self, step: CacheStep) -> None:
         self.host_lengths = [s + c for s, c in zip(step.start, step.count)]
-        self.lengths = step.start_t + torch.tensor(step.count, device=step.start_t.device)
+        if step.on_device:  # in place: a captured graph keeps reading and bumping this buffer
+            self.lengths.add_(1)
+        else:
+            self.lengths = step.start_t + torch.tensor(step.count, device=step.start_t.device)
         self.seen_tokens += step.columns
+
+    def _check_room(self, needed: int) -> None:
+        if self.static and needed > self.max_length:
+            raise ValueError(
+                f"the static cache holds {self.max_length} tokens per row but this pass needs {needed}; "
+                "build it with a larger max_length"
+            )
 
     def write(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, step: CacheStep) -> _LayerKV:
         """Store the new keys/values [B, T, HK, D] of one layer and refresh the means of blocks they filled."""
         layer = self.layers[layer_idx]
         self._ensure_capacity(layer, k, step.max_end)
         T = step.columns
-        if step.uniform:
+        if step.uniform and not step.on_device:
             s0 = step.start[0]
             layer.k[:, s0:s0 + T] = k
             layer.v[:, s0:s0 + T] = v
@@ -166,9 +210,11 @@ class SSACache:
         have = 0 if layer.k is None else layer.k.shape[1]
         if needed <= have:
             return
-        # Doubling keeps appends amortised O(1); whole blocks keep kbar's slots aligned with k.
-        cap = max(needed, 2 * have, 64)
-        cap = -(-cap // s) * s
+        if self.static:  # allocated once, for the whole capacity
+            cap = self.max_length
+        else:  # doubling keeps appends amortised O(1); whole blocks keep kbar's slots aligned with k
+            cap = max(needed, 2 * have, 64)
+            cap = -(-cap // s) * s
         B, _, HK, D = like.shape
 
         def grown(old, length, dtype):

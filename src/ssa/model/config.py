@@ -38,7 +38,7 @@ def _finite_number(name: str, value, *, low: float, low_open: bool = False, high
 
 class SSAConfig(PretrainedConfig):
     model_type = "ssa"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
 
     def __init__(
         self,

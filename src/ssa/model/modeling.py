@@ -127,7 +127,8 @@ class GatedAttention(nn.Module):
         return gated[plan.mode], align, indices
 
     def _attend_cached(self, q, k, v, gates, plan, cache: SSACache, step: CacheStep):
-        """Prefill runs the plan's mode over the new tokens; later tokens decode one at a time."""
+        """An empty cache runs the plan's mode over the new tokens; later passes (one token, or a
+        chunk of a long prompt) attend over the cache, every new query up to its own position."""
         T = step.columns
         layer = cache.write(self.layer_idx, k, v, step)
         if step.prefill:
@@ -138,16 +139,13 @@ class GatedAttention(nn.Module):
                 rows = (slice(b, b + 1), slice(T - c, None))
                 out[rows] = self._attend_rows(q[rows], k[rows], v[rows], gates[rows], plan)[0]
             return out
-        max_start = max(step.start)
-        # Column j sees the keys up to its own: every earlier column is already in the cache.
-        outs = [
-            self._decode(q[:, j], gates[:, j], layer, step.column_lengths[j], max_start + j + 1, plan)
-            for j in range(T)
-        ]
-        return torch.stack(outs, 1)
+        # A static cache's one-token step reads up to the capacity (shapes fixed for CUDA graphs);
+        # otherwise the longest row bounds what is read.
+        bound = None if step.on_device else step.max_end
+        return self._decode(q, gates, layer, step.end_t, bound, plan)
 
-    def _decode(self, q, gates, layer, lengths, max_length: int, plan):
-        """One query per row [B, HQ, D] over the cached layer; reads only what its mode needs."""
+    def _decode(self, q, gates, layer, lengths, max_length, plan):
+        """New queries [B, T, HQ, D] over the cached layer; reads only what its mode needs."""
         cfg, s = self.config, plan.block_size
         if cfg.method == "nsa":
             branches = (
@@ -158,7 +156,7 @@ class GatedAttention(nn.Module):
                 ),
                 decode_ops.window_decode(q, layer.k, layer.v, lengths, cfg.nsa_window, self.scale),
             )
-            return sum(gates[:, i] * o for i, o in enumerate(branches))
+            return sum(gates[:, :, i] * o for i, o in enumerate(branches))
         if plan.mode == "full":
             o = decode_ops.full_decode(q, layer.k, layer.v, lengths, self.scale, max_length=max_length)
         else:
@@ -166,7 +164,7 @@ class GatedAttention(nn.Module):
                 q, layer.k, layer.v, layer.kbar, lengths, s, plan.block_count, self.scale,
                 backend=cfg.backend, max_length=max_length,
             )
-        return gates[:, 0] * o
+        return gates[:, :, 0] * o
 
 
 class SwiGLU(nn.Module):
@@ -222,7 +220,10 @@ class SSAModel(SSAPreTrainedModel):
         B, T = input_ids.shape
         step = None
         if cache is not None:  # positions continue each row's cached tokens (left padding skipped)
-            step = cache.begin(attention_mask, B, T, input_ids.device)
+            if cache.static and cache.seen_tokens and T == 1 and attention_mask is None:
+                step = cache.begin_decode()  # device-only bookkeeping: capturable in a CUDA graph
+            else:
+                step = cache.begin(attention_mask, B, T, input_ids.device)
             position_ids = step.positions
         elif position_ids is None and plan.cu_seqlens is not None:  # positions restart at every document
             position_ids = document_positions(plan.cu_seqlens, B, T)
@@ -286,14 +287,18 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
     def forward(
         self, input_ids, labels=None, attention_mode=None, block_count=None, block_size=None,
         position_ids=None, output_attention_stats=False, attention_mask=None, past_key_values=None,
-        use_cache=None, logits_to_keep: int = 0, cu_seqlens=None, **kwargs,
+        use_cache=None, logits_to_keep: int = 0, cu_seqlens=None, cache=None, **kwargs,
     ):
         """Logits (and losses with `labels`) of one pass.
 
-        KV cache: pass `use_cache=True` to get `past_key_values` (an SSACache) back, and pass it in
-        again with the new ids only. `use_cache=None` builds no cache unless `past_key_values` is
-        given, so training and evaluation passes never keep K/V copies. `attention_mask` may only
-        mark left padding of the prompt. `logits_to_keep=N` computes logits of the last N columns.
+        KV cache: pass `use_cache=True` to get the cache (an SSACache) back, and pass it in again
+        with the new ids only (any number of them: one generated token, or the next chunk of a long
+        prompt or of a conversation). It may be given as `cache` or, as older transformers name it,
+        `past_key_values`; the output holds it under the installed version's name (`CACHE_FIELD`).
+        `model.new_cache(max_length)` makes a preallocated (static) one. `use_cache=None` builds no
+        cache unless one is given, so training and evaluation passes never keep K/V copies.
+        `attention_mask` may only mark left padding of the prompt. `logits_to_keep=N` computes
+        logits of the last N columns.
         With `labels` the call returns the losses and `logits=None` (the loss is computed in chunks
         so that the float32 logits of the whole batch never exist).
 
@@ -304,6 +309,9 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         token is ignored (nothing in its document predicts it).
         """
         # Every check runs before the cache is touched: a call that raises leaves it as it was.
+        if cache is not None and past_key_values is not None and cache is not past_key_values:
+            raise ValueError("pass the KV cache as either `cache` or `past_key_values`, not both")
+        past_key_values = cache if cache is not None else past_key_values
         _check_input_ids(input_ids, self.config.vocab_size)
         _check_outputs_request(input_ids, labels, logits_to_keep)
         plan = self.plan(attention_mode, block_count, block_size, output_attention_stats)
@@ -335,10 +343,17 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         return SSACausalLMOutput(
             loss=loss, logits=logits, ce_loss=ce_loss, align_loss=align_loss,
             attention_mode=plan.mode, attention_stats=stats or None,
-            past_key_values=cache if (use_cache or past_key_values is not None) else None,
+            **{CACHE_FIELD: cache if (use_cache or past_key_values is not None) else None},
         )
 
     # ------------------------------------------------------------------ KV cache and generate
+
+    def new_cache(self, max_length: int | None = None, block_size: int | None = None) -> SSACache:
+        """An empty KV cache for this model: growing, or preallocated for `max_length` tokens per row
+        (static: what CUDA-graph decoding in `ssa.generation` needs). `block_size` must match the
+        calls that use it (default: the config's)."""
+        return SSACache(self.config.num_hidden_layers, block_size or self.config.block_size,
+                        value_means=self.config.method == "nsa", max_length=max_length)
 
     def _cache_for_call(self, plan, past_key_values, use_cache, attention_mask, position_ids):
         """The cache this call reads and extends, or None for a plain (training-style) pass."""
@@ -357,7 +372,7 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         if past_key_values is None:
             return SSACache(self.config.num_hidden_layers, plan.block_size, value_means=self.config.method == "nsa")
         if not isinstance(past_key_values, SSACache):
-            raise TypeError(f"past_key_values must be an SSACache returned by this model, got {type(past_key_values).__name__}")
+            raise TypeError(f"the cache (past_key_values) must be an SSACache returned by this model, got {type(past_key_values).__name__}")
         if past_key_values.block_size != plan.block_size:
             raise ValueError(
                 f"block_size {plan.block_size} differs from the cache's block_size {past_key_values.block_size}; "
@@ -376,7 +391,8 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(
         self, input_ids, past_key_values=None, attention_mask=None, use_cache=None, attention_mode=None,
-        block_count=None, block_size=None, logits_to_keep=None, inputs_embeds=None, token_type_ids=None, **kwargs,
+        block_count=None, block_size=None, logits_to_keep=None, inputs_embeds=None, token_type_ids=None,
+        cache=None, **kwargs,
     ):
         """Feed generate's ids that the cache has not seen; positions come from the cache.
 
@@ -390,12 +406,13 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         # information for a decoder-only model, anything else would be silently lost.
         if token_type_ids is not None and bool(token_type_ids.any()):
             raise ValueError("token_type_ids must be all zeros (SSA models have no segment embeddings)")
+        past_key_values = cache if cache is not None else past_key_values
         if past_key_values is not None:
             input_ids = input_ids[:, past_key_values.get_seq_length():]
-        if logits_to_keep is None:  # a prompt needs only its last logits; later steps all of theirs
-            logits_to_keep = 1 if past_key_values is None else 0
+        if logits_to_keep is None:  # generate reads the last column's logits only
+            logits_to_keep = 1
         return {
-            "input_ids": input_ids, "past_key_values": past_key_values, "attention_mask": attention_mask,
+            "input_ids": input_ids, CACHE_FIELD: past_key_values, "attention_mask": attention_mask,
             "use_cache": use_cache, "attention_mode": attention_mode, "block_count": block_count,
             "block_size": block_size, "logits_to_keep": logits_to_keep,
         }
@@ -442,6 +459,11 @@ def document_positions(cu_seqlens: torch.Tensor, B: int, T: int) -> torch.Tensor
     return (t - cu_seqlens.long()[doc]).view(B, T)
 
 
+# transformers renamed the cache argument and output field from `past_key_values` to `cache` (5.24);
+# using the installed version's name keeps its deprecation warning quiet on every call.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 def _right_padded_or_full(attention_mask) -> bool:
     """Each row is ones followed by zeros (possibly none)."""
     mask = attention_mask.bool()
@@ -458,6 +480,9 @@ def _check_input_ids(input_ids, vocab_size: int) -> None:
     if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
         raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
     if input_ids.numel() == 0 or torch.compiler.is_compiling():
+        return
+    # A CUDA-graph capture cannot read values back (ssa.generation feeds the graph its own argmax).
+    if input_ids.is_cuda and torch.cuda.is_current_stream_capturing():
         return
     lo, hi = (int(v) for v in torch.aminmax(input_ids))
     if lo < 0 or hi >= vocab_size:

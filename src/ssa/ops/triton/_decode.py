@@ -21,29 +21,21 @@ Bytes per block: the float32 mean once (4 D) plus G float32 logits written and r
 
 from __future__ import annotations
 
-import math
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-# Triton's CPU interpreter multiplies half-precision tiles incorrectly, so under it the products
-# run on float32 copies (half x half products are exact in float32; only summation order changes).
-_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"))
+from ._common import INTERPRET, next_pow2
+
 _NONE = tl.constexpr(2**30)  # "no block" while merging; larger than any block id
 BLOCKS_PER_SPLIT = 256  # at most this many block means per scoring program ([GP, BC] logits in registers)
 TARGET_SPLITS = 32
 
 
-def _pow2(x: int, at_least: int = 1) -> int:
-    return max(at_least, 1 << max(0, math.ceil(math.log2(max(1, x)))))
-
-
 @triton.jit
 def _dot_t(a, b, IEEE: tl.constexpr):
     """a [M, K] @ b[N, K]^T with float32 accumulation."""
-    if _INTERPRET:
+    if INTERPRET:
         return tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)))
     elif IEEE:
         return tl.dot(a, tl.trans(b), input_precision="ieee")
@@ -52,7 +44,7 @@ def _dot_t(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _block_logits(q_ptr, kbar_ptr, b, h, sp, ct, sq_b, sq_h, skb_b, skb_n, skb_h, scale,
+def _block_logits(q_ptr, kbar_ptr, b, cb, h, sp, ct, sq_b, sq_h, skb_b, skb_n, skb_h, scale,
                   G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr):
     """Logits [GP, BC] of the group's heads against block means sp*BC.. (non-candidates -inf)."""
     offs_g = tl.arange(0, GP)
@@ -60,7 +52,7 @@ def _block_logits(q_ptr, kbar_ptr, b, h, sp, ct, sq_b, sq_h, skb_b, skb_n, skb_h
     offs_c = sp * BC + tl.arange(0, BC)
     q = tl.load(q_ptr + b * sq_b + (h * G + offs_g)[:, None] * sq_h + offs_d[None, :],
                 mask=(offs_g < G)[:, None] & (offs_d < D)[None, :], other=0.0).to(tl.float32)
-    kb = tl.load(kbar_ptr + b * skb_b + offs_c[:, None] * skb_n + h * skb_h + offs_d[None, :],
+    kb = tl.load(kbar_ptr + cb * skb_b + offs_c[:, None] * skb_n + h * skb_h + offs_d[None, :],
                  mask=(offs_c < ct)[:, None] & (offs_d < D)[None, :], other=0.0)
     logits = _dot_t(q, kb, True) * scale
     return tl.where((offs_c < ct)[None, :], logits, float("-inf")), offs_g, offs_c
@@ -68,11 +60,11 @@ def _block_logits(q_ptr, kbar_ptr, b, h, sp, ct, sq_b, sq_h, skb_b, skb_n, skb_h
 
 @triton.jit
 def _split_stats(q_ptr, kbar_ptr, len_ptr, m_ptr, l_ptr, lg_ptr, sq_b, sq_h, skb_b, skb_n, skb_h, HK, NSP,
-                 scale, S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                 scale, QPR, S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                  BC: tl.constexpr):
     b, h, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     ct = (tl.load(len_ptr + b) - 1) // S  # current block = number of candidate blocks
-    logits, offs_g, _ = _block_logits(q_ptr, kbar_ptr, b, h, sp, ct, sq_b, sq_h, skb_b, skb_n, skb_h, scale,
+    logits, offs_g, _ = _block_logits(q_ptr, kbar_ptr, b, b // QPR, h, sp, ct, sq_b, sq_h, skb_b, skb_n, skb_h, scale,
                                       G, GP, D, BD, BC)
     m = tl.max(logits, 1)
     m_safe = tl.where(m == float("-inf"), 0.0, m)  # a split with no candidates: l = 0
@@ -122,7 +114,7 @@ def _split_topk(len_ptr, m_ptr, l_ptr, lg_ptr, cs_ptr, ci_ptr, HK, NSP,
 
 @triton.jit
 def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, cs_ptr, ci_ptr, idx_ptr, o_ptr,
-                  sq_b, sq_h, sk_b, sk_l, sk_h, so_b, so_h, HK, NSP, scale,
+                  sq_b, sq_h, sk_b, sk_l, sk_h, so_b, so_h, HK, NSP, scale, QPR,
                   S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                   SP: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, CB: tl.constexpr, MC: tl.constexpr,
                   HAS_CAND: tl.constexpr, IEEE: tl.constexpr):
@@ -164,7 +156,7 @@ def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, cs_ptr, ci_ptr, idx_ptr, o_ptr,
         visible2 = (blk[:, None] >= 0) & (offs_s < S)[None, :] & (pos2 <= t)
         pos = tl.reshape(pos2, [CB * SP])
         visible = tl.reshape(visible2, [CB * SP])
-        kv_off = b * sk_b + pos[:, None] * sk_l + h * sk_h + offs_d[None, :]
+        kv_off = (b // QPR) * sk_b + pos[:, None] * sk_l + h * sk_h + offs_d[None, :]
         kv_mask = visible[:, None] & dmask[None, :]
         k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
         v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
@@ -175,7 +167,7 @@ def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, cs_ptr, ci_ptr, idx_ptr, o_ptr,
         alpha = tl.where(dead, 1.0, tl.exp(m_i - m_new))
         p = tl.where(dead[:, None], 0.0, tl.exp(s - m_new[:, None]))
         l_i = l_i * alpha + tl.sum(p, 1)
-        if _INTERPRET:
+        if INTERPRET:
             pv = tl.dot(p, v.to(tl.float32))
         elif IEEE:
             pv = tl.dot(p, v, input_precision="ieee")
@@ -189,53 +181,61 @@ def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, cs_ptr, ci_ptr, idx_ptr, o_ptr,
 
 
 def sparse_decode_triton(q, k_cache, v_cache, kbar, lengths, block_size: int, block_count: int, scale: float,
-                         max_length: int):
-    """o [B, HQ, D] and the selection [B, HK, n] (current block first, then by score, -1 empty).
+                         bound: int):
+    """o [B, T, HQ, D] and the selection [B, T, HK, n] (current block first, then by score, -1 empty).
 
-    Arguments are validated by `ssa.ops.decode.sparse_decode`. `max_length` (a host int, the
-    longest row) sizes the grid without a device sync.
+    q is [B, T, HQ, D]: T new queries per cache row, query j at position lengths - T + j.
+    Arguments are validated by `ssa.ops.decode.sparse_decode`. `bound` (a host int: the longest
+    row, or the cache capacity) sizes the grid; everything that depends on the actual lengths is
+    read on the device, so with bound = capacity a step can be captured in a CUDA graph once and
+    replayed at every length (programs past a row's candidates find nothing to do).
     """
-    B, HQ, D = q.shape
+    B, T, HQ, D = q.shape
     HK = k_cache.shape[2]
     G = HQ // HK
-    q = q.contiguous()
+    R = B * T  # one program row per query; cache row = query row // T
+    q = q.reshape(R, HQ, D)
+    if q.stride(-1) != 1:
+        q = q.contiguous()
     kbar = kbar.float()
     if kbar.stride(-1) != 1:
         kbar = kbar.contiguous()
     if k_cache.stride(-1) != 1 or v_cache.stride() != k_cache.stride():
         k_cache, v_cache = k_cache.contiguous(), v_cache.contiguous()
     lengths = lengths.to(device=q.device, dtype=torch.int32)
-    GP, BD, SP = _pow2(G, 16), _pow2(D, 16), _pow2(block_size, 16)
-    N, NP = block_count, _pow2(block_count, 2)
-    candidates = (max_length - 1) // block_size
-    # About TARGET_SPLITS programs per (row, KV head): enough to spread the block means over the
+    if T > 1:  # each query's own length: its position + 1
+        lengths = (lengths[:, None] - (T - 1) + torch.arange(T, device=q.device, dtype=torch.int32)).flatten()
+    GP, BD, SP = next_pow2(max(G, 16)), next_pow2(max(D, 16)), next_pow2(max(block_size, 16))
+    N, NP = block_count, next_pow2(max(block_count, 2))
+    candidates = (bound - 1) // block_size
+    # About TARGET_SPLITS programs per (query, KV head): enough to spread the block means over the
     # chip at B=1, few enough that merging nsp * (n-1) local winners stays cheap.
-    BC = min(BLOCKS_PER_SPLIT, _pow2(triton.cdiv(max(candidates, 1), TARGET_SPLITS), 16))
+    BC = min(BLOCKS_PER_SPLIT, next_pow2(max(triton.cdiv(max(candidates, 1), TARGET_SPLITS), 16)))
     has_cand = candidates > 0 and N > 1
     nsp = triton.cdiv(candidates, BC) if has_cand else 1
-    idx = torch.empty(B, HK, N, dtype=torch.int32, device=q.device)
+    idx = torch.empty(R, HK, N, dtype=torch.int32, device=q.device)
     o = torch.empty_like(q)
     cs = ci = idx  # placeholders when there is nothing to score
     if has_cand:
-        m = torch.empty(B, HK, nsp, GP, dtype=torch.float32, device=q.device)
+        m = torch.empty(R, HK, nsp, GP, dtype=torch.float32, device=q.device)
         l = torch.empty_like(m)
-        lg = torch.empty(B, HK, nsp, G, BC, dtype=torch.float32, device=q.device)
-        cs = torch.empty(B, HK, nsp, N - 1, dtype=torch.float32, device=q.device)
-        ci = torch.empty(B, HK, nsp, N - 1, dtype=torch.int32, device=q.device)
-        _split_stats[(B, HK, nsp)](
+        lg = torch.empty(R, HK, nsp, G, BC, dtype=torch.float32, device=q.device)
+        cs = torch.empty(R, HK, nsp, N - 1, dtype=torch.float32, device=q.device)
+        ci = torch.empty(R, HK, nsp, N - 1, dtype=torch.int32, device=q.device)
+        _split_stats[(R, HK, nsp)](
             q, kbar, lengths, m, l, lg, q.stride(0), q.stride(1), kbar.stride(0), kbar.stride(1), kbar.stride(2),
-            HK, nsp, scale, S=block_size, G=G, GP=GP, D=D, BD=BD, BC=BC,
+            HK, nsp, scale, T, S=block_size, G=G, GP=GP, D=D, BD=BD, BC=BC,
         )
-        _split_topk[(B, HK, nsp)](lengths, m, l, lg, cs, ci, HK, nsp, S=block_size, G=G, GP=GP, BC=BC,
-                                  NSPP=_pow2(nsp), NM1=N - 1)
+        _split_topk[(R, HK, nsp)](lengths, m, l, lg, cs, ci, HK, nsp, S=block_size, G=G, GP=GP, BC=BC,
+                                  NSPP=next_pow2(nsp), NM1=N - 1)
     # Keys gathered per attention chunk: 256 half-precision keys fit in shared memory with room to
     # spare; float32 products in IEEE mode need about 4x more, hence 64.
     chunk_keys = 64 if q.dtype == torch.float32 else 256
-    _merge_attend[(B, HK)](
+    _merge_attend[(R, HK)](
         q, k_cache, v_cache, lengths, cs, ci, idx, o,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), o.stride(0), o.stride(1),
-        HK, nsp, scale, S=block_size, G=G, GP=GP, D=D, BD=BD, SP=SP, N=N, NP=NP, CB=min(NP, max(1, chunk_keys // SP)),
-        MC=_pow2(nsp * (N - 1), 2) if has_cand else 2, HAS_CAND=has_cand, IEEE=q.dtype == torch.float32,
-        num_warps=8,
+        HK, nsp, scale, T, S=block_size, G=G, GP=GP, D=D, BD=BD, SP=SP, N=N, NP=NP,
+        CB=min(NP, max(1, chunk_keys // SP)), MC=next_pow2(max(nsp * (N - 1), 2)) if has_cand else 2,
+        HAS_CAND=has_cand, IEEE=q.dtype == torch.float32, num_warps=8,
     )
-    return o, idx
+    return o.view(B, T, HQ, D), idx.view(B, T, HK, N)
