@@ -1,4 +1,4 @@
-"""Sparse attention kernels vs SDPA (and FlexAttention): `python benchmarks/bench_attention.py [options]`.
+"""Sparse attention kernels vs the fastest dense attention (and FlexAttention): `python benchmarks/bench_attention.py [options]`.
 
 Same as `ssa bench attention`; see `ssa bench attention --help` for the options.
 """

@@ -15,5 +15,5 @@ done
 timeout 40 python3 -m ssa.cli eval /tmp/tiny-ssa --out-dir /tmp/tiny-eval --no-progress --block-counts 2,4,8,32 2>&1 | tail -12 | tee "$OUT/eval.txt"
 timeout 80 python3 -m ssa.cli train --preset study --method ssa --out /tmp/study-ssa --no-progress \
   --set train.max_steps=20 train.log_every=5 train.eval_every=20 train.save_every=20 train.warmup_steps=5 2>&1 | tail -4 | tee -a "$OUT/train.txt"
-timeout 120 python3 benchmarks/bench_decode.py --out "$OUT" --contexts 8192 32768 131072 --batches 1 8 \
-  --e2e-contexts 131072 --e2e-batches 1 8 --e2e-tokens 32 2>&1 | tail -25 | tee "$OUT/decode.txt"
+timeout 120 python3 -m ssa.cli bench decode --contexts 8192,32768,131072 --batches 1,8 \
+  --gen-contexts 131072 --new-tokens 32 --json "$OUT/decode.json" 2>&1 | tail -25 | tee "$OUT/decode.txt"
