@@ -75,3 +75,24 @@ def test_kernel_half_precision_cache():
     ref, ridx, out, idx = both(q, k, v, kbar, [16 * 24, 16 * 9 + 5], 16, 4)
     assert torch.equal(idx.cpu(), ridx.cpu())
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("G,n,D", [(1, 1, 16), (3, 2, 16), (32, 5, 16), (2, 31, 16), (2, 3, 64), (1, 3, 128)])
+def test_kernel_chunk_queries_over_the_capacity(G, n, D):
+    """T new queries per row (a chunk appended to the cache), grid bounded by the capacity (as in a
+    captured step), ragged rows; budgets from 1 to past the block count, GQA groups 1..32, head
+    dims 16/64/128."""
+    s, HK, T = 4, 2 if G < 32 else 1, 3
+    L = 4 * 30  # capacity: 30 blocks
+    q, k, v, kbar = make(2, L, G * HK, HK, D, s, seed=G + n)
+    q = q[:, None].expand(2, T, G * HK, D) * torch.tensor([1.0, -0.5, 2.0], device=DEVICE)[None, :, None, None]
+    lengths = torch.tensor([L - 5, 9 * s + 2], device=DEVICE)  # the chunk's last query at lengths - 1
+    ref, ridx = decode.sparse_decode(q, k, v, kbar, lengths, s, n, backend="torch", return_indices=True)
+    out, idx = decode.sparse_decode(q, k, v, kbar, lengths, s, n, backend="triton", return_indices=True)
+    assert idx.shape == (2, T, HK, n)
+    assert torch.equal(idx.cpu(), ridx.cpu())
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    # each query of the chunk equals a one-query call at its own length
+    for j in range(T):
+        one = decode.sparse_decode(q[:, j], k, v, kbar, lengths - (T - 1 - j), s, n, backend="torch")
+        torch.testing.assert_close(out[:, j], one, atol=2e-5, rtol=2e-5)

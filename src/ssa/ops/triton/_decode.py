@@ -1,4 +1,5 @@
-"""Triton kernels for one sparse decode step (one query per row, rows of different lengths).
+"""Triton kernels for sparse decode: T new queries per cache row (T=1: a generated token; T>1: a
+chunk appended to the cache), rows of different lengths. Below, B counts query rows.
 
 Three launches, none of which reads more than the block means and the selected blocks:
 
@@ -7,7 +8,7 @@ Three launches, none of which reads more than the block means and the selected b
    of exp).
 2. `_split_topk`   grid (B, HK, splits): combines the partials into each head's exact normaliser,
    reads its BC x G logits back, sums the G probabilities into block scores (docs/design.md §1.1) and
-   writes its local top n-1 (score, block), ties to the lower block.
+   writes its local top n-1 as packed (score, block) keys, ties to the lower block.
 3. `_merge_attend` grid (B, HK): merges the local lists into the exact global top n-1 (the global
    top n-1 is a subset of the union of local top n-1s), adds the current block, and runs online-
    softmax attention of the G heads over the selected blocks' keys (causal inside the current one).
@@ -27,7 +28,7 @@ import triton.language as tl
 
 from ._common import INTERPRET, next_pow2
 
-_NONE = tl.constexpr(2**30)  # "no block" while merging; larger than any block id
+_LOW = tl.constexpr(2**31 - 1)  # low half of a packed rank key: _LOW - block id
 BLOCKS_PER_SPLIT = 256  # at most this many block means per scoring program ([GP, BC] logits in registers)
 TARGET_SPLITS = 32
 
@@ -77,7 +78,7 @@ def _split_stats(q_ptr, kbar_ptr, len_ptr, m_ptr, l_ptr, lg_ptr, sq_b, sq_h, skb
 
 
 @triton.jit
-def _split_topk(len_ptr, m_ptr, l_ptr, lg_ptr, cs_ptr, ci_ptr, HK, NSP,
+def _split_topk(len_ptr, m_ptr, l_ptr, lg_ptr, ck_ptr, HK, NSP,
                 S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BC: tl.constexpr, NSPP: tl.constexpr,
                 NM1: tl.constexpr):
     b, h, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -100,20 +101,35 @@ def _split_topk(len_ptr, m_ptr, l_ptr, lg_ptr, cs_ptr, ci_ptr, HK, NSP,
                      mask=(offs_g < G)[:, None], other=float("-inf"))
     p = tl.exp(logits - M[:, None]) / L[:, None]
     p = tl.where((offs_g < G)[:, None] & (offs_c < ct)[None, :], p, 0.0)
-    score = tl.where(offs_c < ct, tl.sum(p, 0), -1.0)  # candidates score in [0, G]
+    score = tl.sum(p, 0)  # candidates score in [0, G]
+    key = tl.where(offs_c < ct, _rank_key(score, offs_c), -1)
 
     out = split * NM1
-    for r in range(NM1):
-        best = tl.max(score, 0)
-        pick = tl.min(tl.where(score == best, offs_c, _NONE), 0)  # ties: the lower block
-        ok = best >= 0
-        tl.store(cs_ptr + out + r, tl.where(ok, best, -1.0))
-        tl.store(ci_ptr + out + r, tl.where(ok, pick, -1))
-        score = tl.where(offs_c == pick, -2.0, score)
+    for r in range(NM1):  # one reduction per winner: the packed key orders score, then block
+        best = tl.max(key, 0)
+        tl.store(ck_ptr + out + r, best)  # -1 once the split runs out of candidates
+        key = tl.where(key == best, -1, key)
 
 
 @triton.jit
-def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, cs_ptr, ci_ptr, idx_ptr, o_ptr,
+def _rank_key(score, block):
+    """int64 keys whose order is (score descending, block ascending) for scores >= 0.
+
+    A non-negative float32's bit pattern orders like the float, so the score's bits go high and
+    the complement of the block id low: one max-reduction finds the winner with ties to the lower
+    block, instead of a max over scores followed by a min over the tied blocks."""
+    bits = score.to(tl.int32, bitcast=True).to(tl.int64)
+    return (bits << 32) | (block.to(tl.int64) * -1 + _LOW)
+
+
+@triton.jit
+def _key_block(key):
+    """The block id of a packed key (-1 for an empty key)."""
+    return tl.where(key >= 0, (key & _LOW).to(tl.int32) * -1 + _LOW, -1)
+
+
+@triton.jit
+def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, ck_ptr, idx_ptr, o_ptr,
                   sq_b, sq_h, sk_b, sk_l, sk_h, so_b, so_h, HK, NSP, scale, QPR,
                   S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                   SP: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, CB: tl.constexpr, MC: tl.constexpr,
@@ -128,13 +144,11 @@ def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, cs_ptr, ci_ptr, idx_ptr, o_ptr,
         total = NSP * (N - 1)
         offs_m = tl.arange(0, MC)
         base = (b * HK + h) * total
-        cs = tl.load(cs_ptr + base + offs_m, mask=offs_m < total, other=-1.0)
-        ci = tl.load(ci_ptr + base + offs_m, mask=offs_m < total, other=-1)
+        ck = tl.load(ck_ptr + base + offs_m, mask=offs_m < total, other=-1)
         for r in range(N - 1):  # (not `k`: the attention loop below reuses that name for keys)
-            best = tl.max(cs, 0)
-            pick = tl.min(tl.where(cs == best, ci, _NONE), 0)
-            sel = tl.where(offs_n == r + 1, tl.where(best >= 0, pick, -1), sel)
-            cs = tl.where(ci == pick, -2.0, cs)
+            best = tl.max(ck, 0)
+            sel = tl.where(offs_n == r + 1, _key_block(best), sel)
+            ck = tl.where(ck == best, -1, ck)
     tl.store(idx_ptr + (b * HK + h) * N + offs_n, sel, mask=offs_n < N)
 
     offs_g = tl.arange(0, GP)
@@ -215,24 +229,23 @@ def sparse_decode_triton(q, k_cache, v_cache, kbar, lengths, block_size: int, bl
     nsp = triton.cdiv(candidates, BC) if has_cand else 1
     idx = torch.empty(R, HK, N, dtype=torch.int32, device=q.device)
     o = torch.empty_like(q)
-    cs = ci = idx  # placeholders when there is nothing to score
+    ck = idx  # a placeholder when there is nothing to score
     if has_cand:
         m = torch.empty(R, HK, nsp, GP, dtype=torch.float32, device=q.device)
         l = torch.empty_like(m)
         lg = torch.empty(R, HK, nsp, G, BC, dtype=torch.float32, device=q.device)
-        cs = torch.empty(R, HK, nsp, N - 1, dtype=torch.float32, device=q.device)
-        ci = torch.empty(R, HK, nsp, N - 1, dtype=torch.int32, device=q.device)
+        ck = torch.empty(R, HK, nsp, N - 1, dtype=torch.int64, device=q.device)
         _split_stats[(R, HK, nsp)](
             q, kbar, lengths, m, l, lg, q.stride(0), q.stride(1), kbar.stride(0), kbar.stride(1), kbar.stride(2),
             HK, nsp, scale, T, S=block_size, G=G, GP=GP, D=D, BD=BD, BC=BC,
         )
-        _split_topk[(R, HK, nsp)](lengths, m, l, lg, cs, ci, HK, nsp, S=block_size, G=G, GP=GP, BC=BC,
+        _split_topk[(R, HK, nsp)](lengths, m, l, lg, ck, HK, nsp, S=block_size, G=G, GP=GP, BC=BC,
                                   NSPP=next_pow2(nsp), NM1=N - 1)
     # Keys gathered per attention chunk: 256 half-precision keys fit in shared memory with room to
     # spare; float32 products in IEEE mode need about 4x more, hence 64.
     chunk_keys = 64 if q.dtype == torch.float32 else 256
     _merge_attend[(R, HK)](
-        q, k_cache, v_cache, lengths, cs, ci, idx, o,
+        q, k_cache, v_cache, lengths, ck, idx, o,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), o.stride(0), o.stride(1),
         HK, nsp, scale, T, S=block_size, G=G, GP=GP, D=D, BD=BD, SP=SP, N=N, NP=NP,
         CB=min(NP, max(1, chunk_keys // SP)), MC=next_pow2(max(nsp * (N - 1), 2)) if has_cand else 2,
