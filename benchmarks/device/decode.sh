@@ -49,7 +49,8 @@ if dec:
             if B == 1:
                 lines.append(f"| generate 300m 128k B=1 sparse >= 1000 tok/s | {s['tokens_per_s']:.0f} tok/s | {s['tokens_per_s'] >= 1000} |")
     for r in dec.get("eager_loop", []):
-        lines.append(f"| (diagnostic) eager dense loop, {r['cache']} cache, 32k | {r['median_ms_last_half']:.2f} ms/step, first {r['first_steps_ms']} | - |")
+        got = ", ".join(f"{k} {v}" for k, v in r.items() if k != "what")
+        lines.append(f"| (diagnostic, 32k B=1) {r['what']} | {got} | - |")
 att = load("bench_attention.json")
 if att:
     for r in att["rows"]:

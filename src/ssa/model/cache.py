@@ -14,7 +14,7 @@ columns consumed, padding included) to know which input ids are new.
 
 Two kinds of storage:
 
-- dynamic (default): buffers grow by doubling as tokens arrive;
+- dynamic (default): buffers grow geometrically (by 1/8) as tokens arrive;
 - static (`max_length=N`): buffers are allocated once for N tokens. A one-token step with no mask
   (`begin_decode`) then touches only device tensors: it writes at each row's length, refreshes the
   mean of the block it may have completed from that block's s keys, and bumps the lengths in
@@ -212,8 +212,10 @@ class SSACache:
             return
         if self.static:  # allocated once, for the whole capacity
             cap = self.max_length
-        else:  # doubling keeps appends amortised O(1); whole blocks keep kbar's slots aligned with k
-            cap = max(needed, 2 * have, 64)
+        else:
+            # Geometric growth (1/8) keeps appends amortised O(1) while the slack that decoding
+            # reads under its length mask stays small; whole blocks keep kbar aligned with k.
+            cap = max(needed, have + max(have // 8, 256))
             cap = -(-cap // s) * s
         B, _, HK, D = like.shape
 

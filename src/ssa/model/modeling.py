@@ -139,30 +139,28 @@ class GatedAttention(nn.Module):
                 rows = (slice(b, b + 1), slice(T - c, None))
                 out[rows] = self._attend_rows(q[rows], k[rows], v[rows], gates[rows], plan)[0]
             return out
-        # A static cache's one-token step reads up to the capacity (shapes fixed for CUDA graphs);
-        # otherwise the longest row bounds what is read.
-        bound = None if step.on_device else step.max_end
-        return self._decode(q, gates, layer, step.end_t, bound, plan)
+        # Reads are bounded by the cache's capacity under a length mask, not by the current
+        # length: the shapes stay fixed from step to step, which CUDA-graph replay needs and
+        # which spares SDPA backends that plan per shape (cuDNN) a new plan for every token.
+        return self._decode(q, gates, layer, step.end_t, plan)
 
-    def _decode(self, q, gates, layer, lengths, max_length, plan):
+    def _decode(self, q, gates, layer, lengths, plan):
         """New queries [B, T, HQ, D] over the cached layer; reads only what its mode needs."""
         cfg, s = self.config, plan.block_size
         if cfg.method == "nsa":
             branches = (
                 decode_ops.compressed_decode(q, layer.kbar, layer.vbar, lengths, s, self.scale),
                 decode_ops.sparse_decode(
-                    q, layer.k, layer.v, layer.kbar, lengths, s, plan.block_count, self.scale,
-                    backend=cfg.backend, max_length=max_length,
+                    q, layer.k, layer.v, layer.kbar, lengths, s, plan.block_count, self.scale, backend=cfg.backend,
                 ),
                 decode_ops.window_decode(q, layer.k, layer.v, lengths, cfg.nsa_window, self.scale),
             )
             return sum(gates[:, :, i] * o for i, o in enumerate(branches))
         if plan.mode == "full":
-            o = decode_ops.full_decode(q, layer.k, layer.v, lengths, self.scale, max_length=max_length)
+            o = decode_ops.full_decode(q, layer.k, layer.v, lengths, self.scale)
         else:
             o = decode_ops.sparse_decode(
-                q, layer.k, layer.v, layer.kbar, lengths, s, plan.block_count, self.scale,
-                backend=cfg.backend, max_length=max_length,
+                q, layer.k, layer.v, layer.kbar, lengths, s, plan.block_count, self.scale, backend=cfg.backend,
             )
         return gates[:, :, 0] * o
 
