@@ -68,6 +68,8 @@ CLI_CASES = [
     ("eval-long-data-missing", ["eval", "{run}", "--extrapolation", "--long-data", "{files}/none.jsonl"],
      ["--long-data", "none.jsonl"]),
     ("eval-all-without-long-data", ["eval", "{run}", "--all", "--tasks-dir", "{files}/empty_data"], ["--all", "--long-data"]),
+    ("eval-lengths-too-short", ["eval", "{run}", "--extrapolation", "--long-data", "val", "--lengths", "0.01,1"],
+     ["--lengths", "[0.01]"]),
     ("eval-device-cuda", ["eval", "{run}", "--device", "cuda"], ["--device", "CUDA"]),
     ("eval-device-word", ["eval", "{run}", "--device", "tpu"], ["--device", "cpu"]),
     ("eval-dtype", ["eval", "{run}", "--dtype", "float64"], ["--dtype", "bfloat16"]),

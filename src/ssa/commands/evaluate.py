@@ -199,6 +199,11 @@ def _check_lengths(loaded, args, sections) -> None:
     """Lengths that cannot be scored are refused; lengths past training are allowed with a note."""
     seq_len = args.seq_len or loaded.train_len
     s = args.block_size or loaded.config.block_size
+    if "extrapolation" in sections:
+        short = [m for m in args.lengths if round(m * loaded.train_len) < 2]
+        if short:
+            raise ValueError(f"--lengths {short} give fewer than 2 tokens at the training length {loaded.train_len}: "
+                             f"a window of L tokens scores L - 1 of them")
     if {"perplexity", "attention"} & set(sections):
         if seq_len > loaded.config.max_position_embeddings:
             print(f"ssa eval: warning: --seq-len {seq_len} exceeds the model's max_position_embeddings "
