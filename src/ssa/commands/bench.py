@@ -5,7 +5,8 @@ memory of forward + backward, against the fastest dense attention measured in th
 (`fastest_dense`: SDPA's default dispatch and each backend, GQA-native and K/V expanded), and
 FlexAttention with the same selection as a second baseline where it fits.
 decode: see `bench_decode` (per-layer decode attention and greedy tokens/s under CUDA graphs).
-train-step: one optimizer step (forward, backward, AdamW) of a model shape for several methods.
+train-step: one optimizer step (forward, backward, AdamW) of a model shape for several methods, with
+tokens/s and model-FLOPs utilisation (FLOPs per token from `ssa.training.flops`).
 
 Times are medians of `triton.testing.do_bench` (CUDA events, warm-up excluded).
 """
@@ -63,6 +64,12 @@ def add_arguments(parser) -> None:
     t.add_argument("--full-ratio", type=float, default=None,
                    help="SSA mode draw; default: the preset's (the step cost does not depend on it: "
                         "both streams run every step)")
+    t.add_argument("--compile", action="store_true", help="torch.compile each decoder block (train.compile)")
+    t.add_argument("--activation-checkpointing", action="store_true", help="as train.activation_checkpointing")
+    t.add_argument("--set", action="append", metavar="model.KEY=VALUE",
+                   help="override a model setting of the preset, e.g. model.pad_vocab_multiple=64 (repeatable)")
+    t.add_argument("--peak-tflops", type=float, default=None,
+                   help="peak bf16 TFLOP/s of the GPU for MFU (default: a table by device name)")
     t.add_argument("--json", default=None)
     t.add_argument("--select-config", default=None, help="as for `ssa bench attention`")
     t.add_argument("--index-build", choices=("torch", "triton", "fused"), default=None,
@@ -331,21 +338,36 @@ def bench_attention(args) -> dict:
 # --------------------------------------------------------------------------------------- train step
 
 
-def training_step(method: str, shape: dict, vocab_size: int, batch: int, seq_len: int):
-    """A CUDA model of `shape` for `method` with fused AdamW, and a closure running one bf16-autocast
-    training step (forward, backward, optimizer) on fixed random tokens. Returns (step, model)."""
+def training_step(method: str, shape: dict, vocab_size: int, batch: int, seq_len: int, *,
+                  compile: bool = False, activation_checkpointing: bool = False):
+    """A CUDA model of `shape` for `method` and a closure running one training step as `ssa train`
+    runs it on one GPU: bf16 autocast, the chunked loss, the trainer's AdamW (fused on CUDA) and
+    gradient clipping, SSA's mode passed in per step, compile / activation checkpointing applied
+    by the trainer's own helpers; on fixed random tokens. Returns (step, model)."""
     from ..model import SSAConfig, SSAForCausalLM
+    from ..model.objective import scheduled_mode
+    from ..training import distributed as dist
+    from ..training.config import TrainSpec
+    from ..training.optim import build_optimizer
 
     torch.manual_seed(0)
     cfg = SSAConfig(method=method, vocab_size=vocab_size, backend="auto", **shape)
     model = SSAForCausalLM(cfg).cuda().train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    if activation_checkpointing:
+        dist.apply_activation_checkpointing(model)
+    if compile:
+        dist.apply_compile(model)
+    opt = build_optimizer(model, TrainSpec(lr=1e-4))
     ids = torch.randint(0, vocab_size, (batch, seq_len), device="cuda")
+    count = [0]
 
     def step():
+        mode = scheduled_mode(cfg.full_ratio, 0, count[0]) if method == "ssa" else None
+        count[0] += 1
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(ids, labels=ids)
+            out = model(ids, labels=ids, attention_mode=mode)
         out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -367,11 +389,15 @@ def preset_shape(preset: str, layers=None, full_ratio=None, seq_len: int = 0) ->
 
 
 def _train_run(method: str, shape: dict, args) -> dict:
-    step, model = training_step(method, shape, args.vocab_size, args.batch, args.seq_len)
+    step, model = training_step(method, shape, args.vocab_size, args.batch, args.seq_len, compile=args.compile,
+                                activation_checkpointing=args.activation_checkpointing)
     for _ in range(3):  # warm-up: compilation, allocator, optimizer state
         step()
     torch.cuda.synchronize()
+    from ..training.flops import flops_per_token
+
     return {"step": step, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+            "flops_per_token": flops_per_token(model.config, args.seq_len, method),
             "windows": [], "synced": [], "step_peak_gib": 0.0}
 
 
@@ -390,6 +416,9 @@ def _time_window(run: dict, steps: int) -> None:
     # Memory a step needs above what stays allocated between steps (weights, AdamW state, and the
     # other models of an interleaved run): activations, gradients, temporaries.
     run["step_peak_gib"] = max(run["step_peak_gib"], (torch.cuda.max_memory_allocated() - resident) / 2**30)
+    # Everything allocated at the peak (weights, optimizer state, activations; other models too
+    # unless --one-at-a-time): the figure to compare with a GPU's memory.
+    run["peak_gib"] = max(run.get("peak_gib", 0.0), torch.cuda.max_memory_allocated() / 2**30)
     for _ in range(3):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
@@ -411,6 +440,16 @@ def bench_train_step(args) -> dict:
 
         _select.KERNEL = args.select_kernel
     shape = preset_shape(args.preset, args.layers, args.full_ratio, args.seq_len)
+    for item in args.set or []:  # --set model.KEY=VALUE, as `ssa train --set`
+        from ..training.config import parse_override
+
+        parts, value = parse_override(item)
+        if parts[0] != "model" or len(parts) != 2:
+            raise CommandError(f"bench train-step --set takes model.KEY=VALUE, got {item!r}")
+        shape[parts[1]] = value
+    from ..training.flops import peak_flops
+
+    peak = peak_flops(torch.cuda.get_device_name(), args.peak_tflops)
     env = environment()
     print(f"# {env}\n# preset={args.preset} seq_len={args.seq_len} batch={args.batch} {shape}", flush=True)
     # By default all methods live side by side and their timing windows interleave, so drift of the
@@ -429,13 +468,18 @@ def bench_train_step(args) -> dict:
                 _time_window(run, args.steps)
         for method, run in runs.items():
             windows, synced = sorted(run["windows"]), sorted(run["synced"])
+            tok_s = args.batch * args.seq_len / (windows[len(windows) // 2] / 1e3)
             row = {
+                "tokens_per_s": tok_s,
+                "mfu": tok_s * run["flops_per_token"] / peak if peak else None,
+                "flops_per_token": run["flops_per_token"],
                 "method": method,
                 "step_ms": windows[len(windows) // 2],
                 "min_ms": windows[0],
                 "max_ms": windows[-1],
                 "synced_step_ms": synced[len(synced) // 2],
                 "step_peak_gib": run["step_peak_gib"],
+                "peak_gib": run["peak_gib"],
                 "params_m": run["params_m"],
             }
             rows.append(row)
@@ -444,11 +488,13 @@ def bench_train_step(args) -> dict:
         torch.cuda.empty_cache()
     base = next((r["step_ms"] for r in rows if r["method"] == "full"), None)
     print(f"\n| method | step ms (median of {args.windows} windows x {args.steps} steps) | min-max | vs full "
-          "| synced step ms | step peak GiB | params M |")
-    print("|---|---|---|---|---|---|---|")
+          "| tokens/s | MFU | synced step ms | step peak GiB | params M |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['step_ms'] / base:.3f}" if base else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         print(f"| {r['method']} | {r['step_ms']:.1f} | {r['min_ms']:.1f}-{r['max_ms']:.1f} | {ratio} "
-              f"| {r['synced_step_ms']:.1f} | {r['step_peak_gib']:.1f} | {r['params_m']:.0f} |")
+              f"| {r['tokens_per_s']:,.0f} | {mfu} | {r['synced_step_ms']:.1f} | {r['step_peak_gib']:.1f} "
+              f"| {r['params_m']:.0f} |")
     return {"env": env, "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "shape": shape,
             "rows": rows, "time": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -24,7 +24,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, vocab_size: int, chunk_rows: int):
         ctx.weight_dtype = weight.dtype
-        n_valid = int((targets != IGNORE_INDEX).sum())
+        # A tensor, not a Python int: reading it would make the host wait for the GPU every step.
+        n_valid = (targets != IGNORE_INDEX).sum().clamp_min(1)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(hidden) if need_h else None
         acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax and sums: float32 at least
@@ -44,14 +45,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 # d loss / d logits = softmax - onehot, for valid rows, divided by the valid count.
                 grad = torch.exp(logits.sub_(lse[:, None]))
                 grad.scatter_add_(1, y_safe[:, None], -torch.ones_like(picked)[:, None])
-                grad.mul_((valid.to(acc) / max(n_valid, 1))[:, None])
+                grad.mul_((valid.to(acc) / n_valid)[:, None])
                 grad = grad.to(hidden.dtype)
                 if need_h:
                     grad_h[r0:r0 + chunk_rows] = grad @ w
                 if need_w:
                     grad_w[:vocab_size] += (grad.t() @ h).to(acc)
         ctx.save_for_backward(grad_h, grad_w)
-        return total / max(n_valid, 1)
+        return total / n_valid
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -212,6 +213,7 @@ class SSAModel(SSAPreTrainedModel):
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_llama3_scaling)
+        self.gradient_checkpointing = False  # set by the trainer (train.activation_checkpointing)
         self.post_init()
 
     def forward(self, input_ids, plan: AttentionPlan, position_ids=None, cache: SSACache | None = None, attention_mask=None):
@@ -230,8 +232,12 @@ class SSAModel(SSAPreTrainedModel):
         cos, sin = self.rotary(position_ids)
         x = self.embed_tokens(input_ids)
         aligns, stats = [], []
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x, align, layer_stats = layer(x, cos, sin, plan, cache, step)
+            if recompute:  # activation checkpointing: keep only each block's input for backward
+                x, align, layer_stats = checkpoint(layer, x, cos, sin, plan, cache, step, use_reentrant=False)
+            else:
+                x, align, layer_stats = layer(x, cos, sin, plan, cache, step)
             if align is not None:
                 aligns.append(align)
             if layer_stats is not None:

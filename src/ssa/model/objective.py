@@ -6,14 +6,29 @@ which exist only inside the forward pass.
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from .. import ops
 
 
 def draw_mode(full_ratio: float) -> str:
-    """One draw per forward, shared by all layers. Uses torch's global RNG so resume is exact."""
+    """One draw per forward, shared by all layers, from torch's global RNG. The trainer does not
+    use it: it passes `scheduled_mode` (below) as `attention_mode`; this is the draw of a plain
+    `model.train()` forward that names no mode."""
     return "full" if torch.rand(()).item() < full_ratio else "sparse"
+
+
+def scheduled_mode(full_ratio: float, seed: int, step: int, micro_batch: int = 0) -> str:
+    """The SSA training mode of (seed, optimizer step, micro-batch), from a generator of its own.
+
+    A pure function of its arguments: every data-parallel rank computes the same mode without
+    communicating, a resumed run repeats it, and nothing else (data order, dropout, evaluation)
+    moves it. Pass micro_batch=0 for one draw per optimizer step.
+    """
+    u = random.Random(f"ssa-mode:{seed}:{step}:{micro_batch}").random()
+    return "full" if u < full_ratio else "sparse"
 
 
 def alignment_loss(

@@ -49,10 +49,11 @@ class NonFiniteWeightsError(ValueError):
 # Integrity: finite parameters, checksums, a full disk
 # ----------------------------------------------------------------------------------------------
 def nonfinite_parameters(model) -> list[str]:
-    """Names of the parameters holding a NaN or inf."""
+    """Names of the parameters (of a model, or tensors of a state dict) holding a NaN or inf."""
     import torch
 
-    return [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    items = model.items() if isinstance(model, dict) else model.named_parameters()
+    return [name for name, p in items if not bool(torch.isfinite(p).all())]
 
 
 def check_finite(model, what: str) -> None:
@@ -187,18 +188,33 @@ def write_text_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, training_state: dict, *, keep: int = 2) -> Path:
-    """Write RUN_DIR/checkpoints/step_XXXXXXXX atomically, point `latest` at it, prune to `keep`."""
+def staging_dir(run_dir: Path, step: int) -> Path:
+    """A fresh temporary directory beside the step directory it will become."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".tmp-{step_dir_name(step)}-", dir=ckpt_root))
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, training_state: dict, *, keep: int = 2,
+                    staging: Path | None = None, model_state: dict | None = None) -> Path:
+    """Write RUN_DIR/checkpoints/step_XXXXXXXX atomically, point `latest` at it, prune to `keep`.
+
+    `staging`: a `staging_dir` that already holds files of this step (sharded state written by
+    every rank); `model_state`: the weights to save when `model` holds only a shard of them.
+    """
     import torch
 
     _quiet_transformers()
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / step_dir_name(step)
-    check_finite(model, f"the model at step {step}")  # never publish a diverged model
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=ckpt_root))
+    # Never publish a diverged model (a sharded one is checked in its gathered `model_state`).
+    check_finite(model if model_state is None else model_state, f"the model at step {step}")
+    tmp = Path(staging) if staging is not None else staging_dir(run_dir, step)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
+        if model_state is not None:  # a sharded model's class is a wrapper: name the model's own
+            _set_architectures(tmp, model)
         tokenizer.save_pretrained(tmp)
         torch.save(training_state, tmp / STATE_FILE)
         write_checksums(tmp)
@@ -228,6 +244,15 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, training_state: 
         raise
     prune_checkpoints(ckpt_root, keep=keep, protect=final.name)
     return final
+
+
+def _set_architectures(step_dir: Path, model) -> None:
+    from ssa.model import SSAForCausalLM
+
+    cfg = json.loads((step_dir / "config.json").read_text(encoding="utf-8"))
+    if isinstance(model, SSAForCausalLM):
+        cfg["architectures"] = [SSAForCausalLM.__name__]
+    (step_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def list_step_dirs(ckpt_root: Path) -> list[Path]:

@@ -70,6 +70,11 @@ class TrainSpec:
     # A step whose loss or gradient norm is NaN/inf: "stop" the run (the default; the last
     # checkpoint is intact) or "skip" the optimizer step and go on (stops after 5 in a row).
     on_nonfinite: str = "stop"
+    parallel: str = "ddp"  # data parallelism under torchrun: ddp or fsdp (FSDP2, sharded state)
+    compile: bool = False  # torch.compile each decoder block
+    activation_checkpointing: bool = False  # recompute block activations in backward
+    mode_draw: str = "micro_batch"  # SSA mode: one draw per micro_batch (official code) or per step
+    peak_tflops: float | None = None  # MFU denominator per device (default: a table by GPU name)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainSpec":
@@ -111,6 +116,15 @@ class TrainSpec:
             pos_int("num_threads")
         if self.on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"train.on_nonfinite must be one of {', '.join(ON_NONFINITE)}; got {self.on_nonfinite!r}")
+        for name, allowed in (("parallel", ("ddp", "fsdp")), ("mode_draw", ("micro_batch", "step"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"train.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name in ("compile", "activation_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.peak_tflops is not None and (isinstance(self.peak_tflops, bool)
+                                             or not isinstance(self.peak_tflops, (int, float)) or self.peak_tflops <= 0):
+            raise ValueError(f"train.peak_tflops must be a number > 0 or null, got {self.peak_tflops!r}")
 
 
 def preset_dirs() -> list[Path]:

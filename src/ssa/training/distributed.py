@@ -1,7 +1,17 @@
-"""torchrun / DDP helpers: one process per device, gloo on CPU, nccl on CUDA.
+"""torchrun helpers: one process per device, gloo on CPU, nccl on CUDA; DDP or FSDP2.
 
 `torchrun --nproc_per_node N -m ssa.cli train ...` sets RANK, WORLD_SIZE and LOCAL_RANK; without
 them everything runs as a single process and these helpers are no-ops.
+
+Applied to the model in this order (as torchtitan does): activation checkpointing, then
+`torch.compile` of each decoder block, then data parallelism (`train.parallel`):
+  ddp   DistributedDataParallel: every rank holds the whole model and optimizer state.
+  fsdp  FSDP2 (`fully_shard`) per decoder block and at the root: parameters, gradients and AdamW
+        state are sharded over the ranks; blocks gather their weights just in time. Mixed precision
+        computes in the autocast dtype (bf16 on GPU) and reduces gradients in float32.
+Sharded checkpoints: `save_sharded` / `load_sharded` write and read the model and optimizer
+state through `torch.distributed.checkpoint` with fully-qualified names, so a checkpoint saved on
+N ranks loads on any other number of ranks, or in a single process.
 """
 
 from __future__ import annotations
@@ -77,15 +87,17 @@ def barrier(info: DistInfo) -> None:
 
 
 def mean_across_ranks(values, info: DistInfo, device):
-    """Average a list of floats over ranks (one all-reduce); identity for a single process."""
+    """Average over ranks (one all-reduce). A list of floats gives a list; a tensor gives a float64
+    tensor on its device, so the caller chooses when the host waits for the result."""
     import torch
     import torch.distributed as dist
 
-    if not info.enabled:
-        return list(values)
-    t = torch.tensor(list(values), dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return (t / info.world_size).tolist()
+    as_tensor = torch.is_tensor(values)
+    t = values.to(torch.float64) if as_tensor else torch.tensor(list(values), dtype=torch.float64, device=device)
+    if info.enabled:
+        dist.all_reduce(t)
+        t = t / info.world_size
+    return t if as_tensor else t.tolist()
 
 
 def broadcast_flag(flag: bool, info: DistInfo, device) -> bool:
@@ -100,22 +112,112 @@ def broadcast_flag(flag: bool, info: DistInfo, device) -> bool:
     return bool(t.item())
 
 
-def wrap_model(model, info: DistInfo, device, find_unused: bool = False):
-    """DistributedDataParallel around `model` when distributed; the model itself otherwise."""
+PARALLEL = ("ddp", "fsdp")
+
+
+def apply_activation_checkpointing(model) -> None:
+    """Recompute each decoder block's activations in backward instead of keeping them."""
+    model.model.gradient_checkpointing = True
+
+
+def apply_compile(model) -> None:
+    """`torch.compile` each decoder block in place (parameter names do not change). The Triton
+    kernels are custom ops with fake kernels, so the graph holds them as single nodes. Blocks, not
+    the whole model: one graph serves every layer, and the chunked loss and mode plan stay eager."""
+    for layer in model.model.layers:
+        layer.compile(dynamic=False)
+
+
+def wrap_model(model, info: DistInfo, device, find_unused: bool = False, parallel: str = "ddp", param_dtype=None):
+    """The data-parallel module (DDP or FSDP2) when distributed; the model itself otherwise.
+
+    FSDP2 shards in place: `model` itself becomes the sharded module (its parameters DTensors), so
+    build the optimizer after this call.
+    """
+    if parallel not in PARALLEL:
+        raise ValueError(f"train.parallel must be one of {PARALLEL}, got {parallel!r}")
     if not info.enabled:
         return model
+    if parallel == "fsdp":
+        return _fully_shard(model, info, device, param_dtype)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
     return DDP(model, device_ids=ids, find_unused_parameters=find_unused)
 
 
+def _fully_shard(model, info: DistInfo, device, param_dtype):
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (info.world_size,))
+    compute = None if param_dtype in (None, torch.float32) else param_dtype
+    policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+    for layer in model.model.layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)  # embeddings (tied head), final norm, untied head
+    return model
+
+
+def is_fsdp(model) -> bool:
+    return hasattr(model, "set_requires_gradient_sync")
+
+
 def no_sync(model, skip: bool):
-    """Skip the gradient all-reduce for all but the last micro-batch of an accumulation."""
+    """Skip the gradient reduction for all but the last micro-batch of an accumulation."""
+    if is_fsdp(model):
+        model.set_requires_gradient_sync(not skip)
+        return nullcontext()
     if skip and hasattr(model, "no_sync"):
         return model.no_sync()
     return nullcontext()
 
 
+def local_norm(norm):
+    """clip_grad_norm_'s result as a plain tensor (it is a DTensor under FSDP2)."""
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's picklable object on every rank."""
+    import torch.distributed as dist
+
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def full_model_state(model) -> dict:
+    """The whole model's state dict on CPU (rank 0 gets it; a collective under FSDP2)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save_sharded(model, optimizer, path) -> None:
+    """Every rank writes its shard of the model and optimizer state (DCP) under `path`."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(path))
+
+
+def load_sharded(model, optimizer, path) -> None:
+    """Read a `save_sharded` checkpoint into this run's model and optimizer, resharded to this
+    run's world size (any, including one process without a process group)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
 def unwrap(model):
+    """The bare model under DDP / torch.compile wrappers (FSDP2 shards the model in place)."""
     return getattr(model, "module", model)

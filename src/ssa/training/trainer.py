@@ -6,9 +6,11 @@ The work is done by `Trainer` (build, train_step, evaluate, save_checkpoint, fit
 are the places to change one piece: see its docstring for the seams.
 
 Exact resume: a checkpoint holds the weights, the AdamW state, the step (the LR is a pure function
-of it), the data position, and the torch / CUDA / numpy / python RNG states. The SSA mode draw
-uses torch's global RNG, and validation runs inside `torch.random.fork_rng`, so restoring these
-makes step N+1 of a resumed run identical to step N+1 of an uninterrupted one (bitwise on CPU fp32).
+of it), the data position, and the torch / CUDA / numpy / python RNG states. The SSA mode is a
+pure function of (seed, step, micro-batch) (`objective.scheduled_mode`), the same on every rank,
+and validation runs inside `torch.random.fork_rng`, so restoring these makes step N+1 of a resumed
+run identical to step N+1 of an uninterrupted one (bitwise on CPU fp32). Under `train.parallel=fsdp`
+the model and optimizer state are also saved sharded (DCP), and resume on any number of ranks.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import TrainSpec, check_resume_config
 from .data import DataSpec, PackedRows, TrainLoader, iter_documents, load_tokens, row_positions, val_rows
+from .flops import flops_per_token, mfu, peak_flops
 from .optim import build_optimizer, lr_at
 from .runlock import RunDirLock
 from .tokenizer import build_tokenizer, is_byte_level
+
+SHARDED_DIR = "sharded"  # DCP model + optimizer shards inside a step directory (train.parallel=fsdp)
 
 # Modes each method can be validated under (docs/design.md §1.4); nsa has no full stream.
 VAL_MODES = {"full": ("full", "sparse"), "moba": ("full", "sparse"), "nsa": ("sparse",), "ssa": ("full", "sparse")}
@@ -244,11 +249,13 @@ class Trainer:
         self.model = self.build_model()
         self.model.to(self.device)
         self.model.train()
-        self.optimizer = build_optimizer(self.model, self.spec)
         self.amp_dtype = _resolve_dtype(self.spec, self.device)
+        self.flops_per_token = flops_per_token(self.model.config, self.data_spec.seq_len, self.cfg["method"])
+        # Before the optimizer: FSDP2 replaces the parameters by sharded ones.
+        self.train_model = self.wrap_model(self.model)
+        self.optimizer = build_optimizer(self.model, self.spec)
         if saved is not None:
             self.load_state_dict(saved)  # restores the RNG last: model construction must not disturb it
-        self.train_model = self.wrap_model(self.model)
         return self
 
     def build_data(self) -> None:
@@ -271,18 +278,37 @@ class Trainer:
         return ckpt.load_model(self.resume_dir) if self.resume else build_model(self.cfg, self.tokenizer)
 
     def wrap_model(self, model):
-        """The module the training step calls: DDP when distributed, else `model` itself."""
-        return dist.wrap_model(model, self.info, self.device, self.spec.ddp_find_unused_parameters)
+        """The module the training step calls: activation checkpointing and compile of the blocks
+        (in place), then DDP or FSDP2 when distributed (`train.parallel`)."""
+        if self.spec.activation_checkpointing:
+            dist.apply_activation_checkpointing(model)
+        if self.spec.compile:
+            dist.apply_compile(model)
+        return dist.wrap_model(model, self.info, self.device, self.spec.ddp_find_unused_parameters,
+                               parallel=self.spec.parallel, param_dtype=self.amp_dtype)
+
+    @property
+    def sharded(self) -> bool:
+        """Model and optimizer state are sharded over ranks (FSDP2): checkpoints go through DCP."""
+        return self.spec.parallel == "fsdp" and self.info.enabled
 
     # ---- checkpointed state: gathered here and nowhere else ----------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
+        # Sharded runs keep the optimizer in the DCP folder of the step (written by save_checkpoint).
+        optimizer = {"sharded": SHARDED_DIR} if self.sharded else self.optimizer.state_dict()
+        return {"step": self.step, "optimizer": optimizer, "rng": rng_state(),
                 "data": self.loader.state_dict(), "config": self.cfg, "world_size": self.info.world_size}
 
     def load_state_dict(self, state: dict) -> None:
+        saved = state["optimizer"]
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as err:
+            if isinstance(saved, dict) and "sharded" in saved:
+                dist.load_sharded(self.model, self.optimizer, self.resume_dir / saved["sharded"])
+            elif self.sharded:
+                raise ValueError("it was saved unsharded (ddp or one process): resume it with train.parallel=ddp")
+            else:
+                self.optimizer.load_state_dict(saved)
+        except (ValueError, KeyError, RuntimeError) as err:
             raise ValueError(
                 f"checkpoint {self.resume_dir}: optimizer state does not match the model ({err})"
             ) from None
@@ -296,9 +322,15 @@ class Trainer:
         set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> None:
+        staging = weights = None
+        if self.sharded:  # every rank writes its shard into rank 0's staging dir, then rank 0 publishes
+            staging = dist.broadcast_object(
+                str(ckpt.staging_dir(self.run_dir, self.step)) if self.info.is_main else None, self.info)
+            dist.save_sharded(self.model, self.optimizer, Path(staging) / SHARDED_DIR)
+            weights = dist.full_model_state(self.model)  # safetensors for inference / HF loading
         if self.info.is_main:
             ckpt.save_checkpoint(self.run_dir, self.step, self.model, self.tokenizer, self.state_dict(),
-                                 keep=self.spec.keep_checkpoints)
+                                 keep=self.spec.keep_checkpoints, staging=staging, model_state=weights)
         dist.barrier(self.info)
 
     # ---- the run directory and metrics -------------------------------------------------------------
@@ -334,39 +366,50 @@ class Trainer:
             _append_jsonl(self.metrics_path, record)
 
     # ---- one optimizer step ------------------------------------------------------------------------
-    def forward(self, x):
+    def forward(self, x, mode: str | None = None):
         """Model output for one micro-batch: `.loss` (what is minimised), `.ce_loss`, `.align_loss`,
-        `.attention_mode`."""
+        `.attention_mode`. `mode` is the SSA mode of this micro-batch (None: the method's own)."""
         with _autocast(self.device, self.amp_dtype):
-            return self.train_model(x, labels=x, **_packing(x, self.documents_eos))
+            return self.train_model(x, labels=x, attention_mode=mode, **_packing(x, self.documents_eos))
+
+    def mode_for(self, micro_batch: int) -> str | None:
+        """SSA's attention mode for a micro-batch of the current step (`train.mode_draw`)."""
+        from ssa.model.objective import scheduled_mode
+
+        if self.cfg["method"] != "ssa":
+            return None
+        index = micro_batch if self.spec.mode_draw == "micro_batch" else 0
+        return scheduled_mode(self.model.config.full_ratio, self.spec.seed, self.step, index)
 
     @property
     def documents_eos(self) -> int | None:
         """The EOS that separates documents under `data.pack: documents`, else None (stream packing)."""
         return self.tokenizer.eos_token_id if self.data_spec.pack == "documents" else None
 
-    def forward_backward(self, micro: list) -> tuple[list[float], Counter]:
-        """Accumulate gradients over the micro-batches; mean (loss, ce, align) across ranks."""
+    def forward_backward(self, micro: list):
+        """Accumulate gradients over the micro-batches; mean (loss, ce, align) across ranks, as a
+        float64 tensor on the device."""
         import torch
 
-        sums = np.zeros(3)
+        # Summed on the device: a float() per micro-batch would stall the host on the GPU each time.
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         modes: Counter = Counter()
         for i, batch in enumerate(micro):
             x = torch.from_numpy(batch).to(self.device)
             with dist.no_sync(self.train_model, skip=i < len(micro) - 1):
-                out = self.forward(x)
+                out = self.forward(x, self.mode_for(i))
                 loss = out.loss / len(micro)
             loss.backward()
-            sums += [float(out.loss.detach()), float(out.ce_loss.detach()), float(out.align_loss.detach())]
+            sums += torch.stack([out.loss.detach(), out.ce_loss.detach(), out.align_loss.detach()]).double()
             modes[out.attention_mode] += 1
         return dist.mean_across_ranks(sums / len(micro), self.info, self.device), modes
 
-    def clip_gradients(self) -> float:
-        """Clip to `train.grad_clip` (0 = no clipping); the total norm before clipping."""
+    def clip_gradients(self):
+        """Clip to `train.grad_clip` (0 = no clipping); the total norm before clipping (a tensor)."""
         import torch
 
         limit = self.spec.grad_clip if self.spec.grad_clip > 0 else math.inf
-        return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit))
+        return dist.local_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit))
 
     def train_step(self) -> dict:
         """One optimizer step over `grad_accum` micro-batches; the step's metrics record."""
@@ -375,8 +418,12 @@ class Trainer:
                    max_steps=spec.max_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        (loss_v, ce_v, align_v), modes = self.forward_backward(self.loader.next_step())
+        means, modes = self.forward_backward(self.loader.next_step())
         grad_norm = self.clip_gradients()
+        # The one point per step where the host waits for the GPU (the finiteness check needs it).
+        import torch
+
+        loss_v, ce_v, align_v, grad_norm = torch.cat([means, grad_norm.reshape(1).to(means)]).tolist()
         # Checked before the step: one NaN gradient would make every parameter NaN. The loss is
         # averaged over ranks and the norm is of the all-reduced gradients, so all ranks agree.
         finite = math.isfinite(loss_v) and math.isfinite(grad_norm)
@@ -419,21 +466,30 @@ class Trainer:
                 f"lower train.lr and continue with --resume")
 
     @property
+    def peak_flops(self) -> float | None:
+        """Peak bf16 FLOP/s of one device (train.peak_tflops, else the table; None on CPU)."""
+        import torch
+
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
+        return peak_flops(name, self.spec.peak_tflops)
+
+    @property
     def tokens_per_step(self) -> int:
         return self.loader.global_batch * self.data_spec.seq_len
 
     # ---- validation --------------------------------------------------------------------------------
     def evaluate(self) -> dict:
-        """Validation CE per mode (rank 0 only); logged, and returned ({} when there is no val data)."""
+        """Validation CE per mode (rank 0; every rank under FSDP2, whose forward gathers weights from
+        all of them); logged by rank 0, and returned ({} when there is no val data)."""
         record: dict = {}
-        if self.info.is_main:
+        if self.info.is_main or self.sharded:
             ce = evaluate(self.model, self.val_rows, method=self.cfg["method"], micro_batch=self.spec.micro_batch_size,
                           device=self.device, amp_dtype=self.amp_dtype, documents_eos=self.documents_eos)
             if ce:
                 record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "val_ce": ce}
                 if is_byte_level(self.tokenizer):
                     record["val_bpb"] = {m: v / math.log(2) for m, v in ce.items()}
-                self.log(record)
+                self.log(record)  # rank 0 only
         dist.barrier(self.info)
         return record
 
@@ -454,6 +510,7 @@ class Trainer:
             window_steps += 1
             now = time.time()
             last["tokens_per_s"] = window_steps * self.tokens_per_step / max(now - window_t, 1e-9)
+            last["mfu"] = mfu(last["tokens_per_s"], self.flops_per_token, self.peak_flops, self.info.world_size)
             last["elapsed_s"] = now - self.t_start
             if self.step % spec.log_every == 0 or self.step == spec.max_steps or self.step == self.start_step + 1:
                 self.log(last)
