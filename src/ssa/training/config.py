@@ -30,6 +30,8 @@ RESUME_MAY_CHANGE = frozenset({
         "max_steps", "lr", "min_lr", "warmup_steps", "grad_clip", "micro_batch_size", "grad_accum",
         "log_every", "eval_every", "eval_batches", "save_every", "keep_checkpoints", "device", "dtype",
         "num_threads", "ddp_find_unused_parameters", "on_nonfinite",
+        # how the same computation is laid out: a sharded checkpoint resumes under ddp or fsdp
+        "parallel", "compile", "activation_checkpointing", "peak_tflops",
     )),
 })
 
