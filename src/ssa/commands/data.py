@@ -1,7 +1,7 @@
 """`ssa data prepare`: tokenize text corpora once into memory-mapped token shards.
 
     ssa data prepare --input books/*.jsonl.gz --tokenizer gpt2 --out data/books-gpt2 --workers 8
-    ssa train --preset 300m --set data.source=shards:data/books-gpt2 --set data.tokenizer=gpt2 ...
+    ssa train --preset 300m --set data.source=shards:data/books-gpt2 data.tokenizer=gpt2 ...
 """
 
 from __future__ import annotations
@@ -36,5 +36,5 @@ def run(args) -> int:
     total = {s: sum(e["tokens"] for e in entries) for s, entries in index["splits"].items()}
     print(f"wrote {args.out}: " + ", ".join(f"{s} {n:,} tokens" for s, n in total.items())
           + f" ({index['dtype']}, tokenizer {index['tokenizer']}); train with --set data.source=shards:{args.out} "
-            f"--set data.tokenizer={index['tokenizer']}")
+            f"data.tokenizer={index['tokenizer']}")
     return 0
