@@ -117,3 +117,29 @@ def test_parallel_settings_are_validated():
     for key, value in (("parallel", "zero3"), ("mode_draw", "epoch"), ("compile", "yes"), ("peak_tflops", 0)):
         with pytest.raises(ValueError, match=f"train.{key}"):
             _config("ssa", **{key: value})
+
+
+def test_activation_checkpointing_keeps_loss_and_gradients():
+    import torch
+
+    from ssa.model import SSAConfig, SSAForCausalLM
+
+    def run(recompute):
+        torch.manual_seed(0)
+        model = SSAForCausalLM(SSAConfig(method="ssa", vocab_size=40, hidden_size=16, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, block_size=4, block_count=2))
+        if recompute:
+            dist.apply_activation_checkpointing(model)
+        calls = []
+        model.model.layers[0].register_forward_hook(lambda *_: calls.append(1))
+        x = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(1))
+        out = model.train()(x, labels=x, attention_mode="sparse")
+        out.loss.backward()
+        assert len(calls) == (2 if recompute else 1)  # recomputed in backward
+        return out.loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    (l0, g0), (l1, g1) = run(False), run(True)
+    torch.testing.assert_close(l1, l0)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], msg=name)
