@@ -131,7 +131,7 @@ def test_activation_checkpointing_keeps_loss_and_gradients():
         if recompute:
             dist.apply_activation_checkpointing(model)
         calls = []
-        model.model.layers[0].register_forward_hook(lambda *_: calls.append(1))
+        model.model.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
         x = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(1))
         out = model.train()(x, labels=x, attention_mode="sparse")
         out.loss.backward()
