@@ -41,10 +41,13 @@ INDEX_BUILD = "fused"
 @triton.jit
 def _gather_slot_keys(idx_base, si_t, it, t0, T,
                       S: tl.constexpr, BS: tl.constexpr, BPI: tl.constexpr, N: tl.constexpr, QB: tl.constexpr,
-                      WINDOW: tl.constexpr):
+                      WINDOW: tl.constexpr, bstart_ptr=None, DOCS: tl.constexpr = False):
     """Keys of slots it*BPI .. it*BPI+BPI-1 of queries t0 .. t0+QB-1, laid out query-major.
 
     Returns each key's position, the query it belongs to (0..QB-1) and whether it is visible.
+    DOCS (packed documents): block ids index the block table of `_documents.py`, whose entry is the
+    block's first position; ids of other documents never occur (the wrapper maps them to -1), so
+    causality (pos <= t) is the only mask needed.
     """
     BN: tl.constexpr = BPI * BS
     j = tl.arange(0, QB * BN)
@@ -53,7 +56,10 @@ def _gather_slot_keys(idx_base, si_t, it, t0, T,
     off = j % BS
     t = t0 + jq
     blk = tl.load(idx_base + t * si_t + slot, mask=(slot < N) & (t < T), other=-1)
-    pos = blk * S + off
+    if DOCS:
+        pos = tl.load(bstart_ptr + blk, mask=blk >= 0, other=0) + off
+    else:
+        pos = blk * S + off
     ok = (blk >= 0) & (off < S) & (pos <= t) & (pos < T)
     if WINDOW > 0:  # sliding-window attention: only the last WINDOW positions, the query included
         ok = ok & (pos > t - WINDOW)
@@ -69,7 +75,7 @@ def _fwd_kernel(
     scale2,
     S: tl.constexpr, BS: tl.constexpr, BPI: tl.constexpr, N: tl.constexpr, QB: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
-    WINDOW: tl.constexpr,
+    WINDOW: tl.constexpr, bstart_ptr=None, DOCS: tl.constexpr = False,
 ):
     # Rows are (query, head) pairs of QB consecutive queries. Each query gathers its own keys, so a
     # row may only see the keys of its own query (the block-diagonal mask `mine`). On the GPU QB is 1;
@@ -96,7 +102,7 @@ def _fwd_kernel(
     l = tl.zeros((QB * GP,), tl.float32)
     acc = tl.zeros((QB * GP, BD), tl.float32)
     for it in range(0, tl.cdiv(N, BPI)):
-        pos, jq, ok = _gather_slot_keys(idx_base, si_t, it, t0, T, S, BS, BPI, N, QB, WINDOW)
+        pos, jq, ok = _gather_slot_keys(idx_base, si_t, it, t0, T, S, BS, BPI, N, QB, WINDOW, bstart_ptr, DOCS)
         kv_mask = ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + pos[:, None] * sk_t + d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + pos[:, None] * sv_t + d[None, :], mask=kv_mask, other=0.0)
@@ -129,7 +135,7 @@ def _dq_kernel(
     S: tl.constexpr, BS: tl.constexpr, BPI: tl.constexpr, N: tl.constexpr, QB: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
     HAS_DLSE: tl.constexpr, WINDOW: tl.constexpr, counts_ptr=None, NB=1, COUNT: tl.constexpr = False,
-    NP: tl.constexpr = 16,
+    NP: tl.constexpr = 16, bstart_ptr=None, DOCS: tl.constexpr = False,
 ):
     # Same tiling as the forward; recomputes p from the saved lse. Also computes
     # delta = rowsum(dO * O) - dlse here and stores it for the dk/dv kernel, so no [B, T, HQ, D]
@@ -171,7 +177,7 @@ def _dq_kernel(
 
     dq = tl.zeros((QB * GP, BD), tl.float32)
     for it in range(0, tl.cdiv(N, BPI)):
-        pos, jq, ok = _gather_slot_keys(idx_base, si_t, it, t0, T, S, BS, BPI, N, QB, WINDOW)
+        pos, jq, ok = _gather_slot_keys(idx_base, si_t, it, t0, T, S, BS, BPI, N, QB, WINDOW, bstart_ptr, DOCS)
         kv_mask = ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + pos[:, None] * sk_t + d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + pos[:, None] * sv_t + d[None, :], mask=kv_mask, other=0.0)
@@ -195,7 +201,7 @@ def _dkdv_kernel(
     scale, scale2,
     S: tl.constexpr, BS: tl.constexpr, BQ: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
-    WINDOW: tl.constexpr,
+    WINDOW: tl.constexpr, bstart_ptr=None, DOCS: tl.constexpr = False,
 ):
     w = tl.program_id(0)
     key = tl.load(item_key_ptr + w)
@@ -210,8 +216,12 @@ def _dkdv_kernel(
     d = tl.arange(0, BD)
     d_ok = d < D
     j = tl.arange(0, BS)
-    pos = c * S + j
-    kv_ok = (j < S) & (pos < T)
+    if DOCS:  # the block's tokens: from its first position to the next block's (a document's last is partial)
+        pos = tl.load(bstart_ptr + c) + j
+        kv_ok = (j < S) & (pos < tl.load(bstart_ptr + c + 1))
+    else:
+        pos = c * S + j
+        kv_ok = (j < S) & (pos < T)
     kv_mask = kv_ok[:, None] & d_ok[None, :]
     k = tl.load(k_ptr + b * sk_b + pos[:, None] * sk_t + hk * sk_h + d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(v_ptr + b * sv_b + pos[:, None] * sv_t + hk * sv_h + d[None, :], mask=kv_mask, other=0.0)
@@ -259,10 +269,12 @@ def _tiles(block_size: int, group: int, head_dim: int) -> dict:
     )
 
 
-def sparse_forward(q, k, v, block_indices, block_size: int, scale: float, window: int = 0):
+def sparse_forward(q, k, v, block_indices, block_size: int, scale: float, window: int = 0, block_starts=None):
     """o [B, T, HQ, D] (q's dtype) and natural-log lse [B, T, HQ] float32.
 
     window > 0 additionally hides keys at or before t - window (sliding-window attention).
+    block_starts (packed documents): int32 first position of every block of the block table, with
+    block_indices already in that table's ids (`_documents.py`).
     """
     B, T, HQ, D = q.shape
     HK = k.shape[2]
@@ -278,12 +290,14 @@ def sparse_forward(q, k, v, block_indices, block_size: int, scale: float, window
         *block_indices.stride()[:3], *o.stride()[:3], *lse.stride(),
         scale * LOG2E,
         N=n, G=G, D=D, IEEE=q.dtype == torch.float32, WINDOW=window, **tiles,
+        bstart_ptr=block_starts, DOCS=block_starts is not None,
         num_warps=4, num_stages=2,
     )
     return o, lse
 
 
-def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, seg: int | None = None):
+def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, seg: int | None = None,
+                   num_blocks: int | None = None):
     """For each (batch, KV head, key block), the queries that selected it, cut into work items.
 
     Returns (qlist, item_key, item_start, item_end, num_keys): qlist holds query positions grouped by
@@ -294,7 +308,7 @@ def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, s
     seg = SEG if seg is None else seg
     B, T, HK, n = block_indices.shape
     dev = block_indices.device
-    nb = -(-seq_len // block_size)
+    nb = -(-seq_len // block_size) if num_blocks is None else num_blocks
     num_keys = B * HK * nb
     idx = block_indices.long()
     bh = (torch.arange(B, device=dev)[:, None, None, None] * HK + torch.arange(HK, device=dev)[None, None, :, None])
@@ -315,8 +329,10 @@ def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, s
     return qlist, item_key.to(torch.int32), item_start.to(torch.int32), item_end.to(torch.int32), num_keys
 
 
-def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, scale: float, window: int = 0):
-    """dq, dk, dv of block-sparse attention; dlse (or None) is the gradient reaching lse."""
+def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, scale: float, window: int = 0,
+                    block_starts=None):
+    """dq, dk, dv of block-sparse attention; dlse (or None) is the gradient reaching lse (block_starts:
+    packed documents, as in `sparse_forward`)."""
     B, T, HQ, D = q.shape
     HK = k.shape[2]
     G = HQ // HK
@@ -329,7 +345,8 @@ def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, s
     ieee = q.dtype == torch.float32
 
     dq = torch.empty_like(q)
-    nb = -(-T // block_size)
+    nb = -(-T // block_size) if block_starts is None else block_starts.numel() - 1
+    docs = dict(bstart_ptr=block_starts, DOCS=block_starts is not None)
     fused = INDEX_BUILD == "fused"
     if fused:
         block_indices = block_indices.contiguous()
@@ -343,17 +360,17 @@ def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, s
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *block_indices.stride()[:3],
         *o.stride()[:3], *do.stride()[:3], *lse.stride(), *dq.stride()[:3],
         scale, scale * LOG2E,
-        N=n, G=G, D=D, IEEE=ieee, HAS_DLSE=dlse is not None, WINDOW=window, **tiles, **extra,
+        N=n, G=G, D=D, IEEE=ieee, HAS_DLSE=dlse is not None, WINDOW=window, **tiles, **extra, **docs,
         num_warps=4, num_stages=2,
     )
 
     if fused:
         qlist, item_key, item_start, item_end, num_keys = _index.inverted_index_from_counts(
-            block_indices, counts, T, block_size, SEG)
+            block_indices, counts, T, block_size, SEG, nb)
     elif INDEX_BUILD == "triton":
-        qlist, item_key, item_start, item_end, num_keys = _index.inverted_index(block_indices, T, block_size, SEG)
+        qlist, item_key, item_start, item_end, num_keys = _index.inverted_index(block_indices, T, block_size, SEG, nb)
     else:
-        qlist, item_key, item_start, item_end, num_keys = inverted_index(block_indices, T, block_size)
+        qlist, item_key, item_start, item_end, num_keys = inverted_index(block_indices, T, block_size, num_blocks=nb)
     if fused and k.dtype != torch.float32:  # one fill; the casts below make separate outputs
         dk, dv = torch.zeros(2, B, T, HK, D, dtype=torch.float32, device=q.device).unbind(0)
     else:
@@ -364,11 +381,11 @@ def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, s
     _dkdv_kernel[(item_key.numel(),)](
         q, k, v, do, lse, delta, dk, dv,
         qlist, item_key, item_start, item_end,
-        T, HK, -(-T // block_size), num_keys,
+        T, HK, nb, num_keys,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *lse.stride(), *dk.stride()[:3],
         scale, scale * LOG2E,
-        S=block_size, BS=tiles["BS"], BQ=BQ, G=G, GP=GP, D=D, BD=tiles["BD"], IEEE=ieee, WINDOW=window,
+        S=block_size, BS=tiles["BS"], BQ=BQ, G=G, GP=GP, D=D, BD=tiles["BD"], IEEE=ieee, WINDOW=window, **docs,
         num_warps=4, num_stages=2,
     )
     return dq, dk.to(k.dtype), dv.to(v.dtype)

@@ -78,11 +78,11 @@ def _items_kernel(seg_end_ptr, counts_ptr, ends_ptr, items_ptr, num_items, num_k
     _write_items(w, seg_end_ptr, counts_ptr, ends_ptr, items_ptr, num_items, num_keys, steps, SEG, BLOCK)
 
 
-def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, seg: int):
+def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, seg: int, num_blocks=None):
     """Drop-in for `_attention.inverted_index` (same return tuple, int32 arrays)."""
     B, T, HK, n = block_indices.shape
     dev = block_indices.device
-    nb = -(-seq_len // block_size)
+    nb = -(-seq_len // block_size) if num_blocks is None else num_blocks
     num_keys = B * HK * nb
     idx = block_indices.to(torch.int32).contiguous()
     total = idx.numel()
@@ -145,11 +145,12 @@ def _scatter_items_kernel(idx_ptr, cursor_ptr, qlist_ptr, seg_end_ptr, counts_pt
 
 
 def inverted_index_from_counts(block_indices: torch.Tensor, counts: torch.Tensor, seq_len: int, block_size: int,
-                               seg: int):
-    """The index from per-key selection counts already made (by the dq kernel): two launches."""
+                               seg: int, num_blocks: int | None = None):
+    """The index from per-key selection counts already made (by the dq kernel): two launches.
+    num_blocks: key blocks per (batch, KV head), by default ceil(seq_len / block_size)."""
     B, T, HK, n = block_indices.shape
     dev = block_indices.device
-    nb = -(-seq_len // block_size)
+    nb = -(-seq_len // block_size) if num_blocks is None else num_blocks
     num_keys = B * HK * nb
     total = block_indices.numel()
     scan = torch.empty(3, num_keys, dtype=torch.int32, device=dev)  # ends, cursor, seg_end

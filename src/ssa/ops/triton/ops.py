@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
-from . import _attention, _nsa, _select
+from . import _attention, _documents, _nsa, _select
 
 # dtypes the kernels handle; float64 goes to the reference (it is a debugging dtype, and the tensor
 # cores have no fast path for it).
@@ -41,14 +41,14 @@ def _(q, k, block_size, block_count, scale):
 @torch.library.custom_op("ssa::sparse_attention_fwd_triton", mutates_args=())
 def _fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_indices: torch.Tensor, block_size: int, scale: float,
-    window: int = 0,
+    window: int = 0, block_starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
-    return _attention.sparse_forward(q, k, v, block_indices, block_size, scale, window)
+    return _attention.sparse_forward(q, k, v, block_indices, block_size, scale, window, block_starts)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, block_indices, block_size, scale, window=0):
+def _(q, k, v, block_indices, block_size, scale, window=0, block_starts=None):
     B, T, HQ, _ = q.shape
     return torch.empty_like(q), q.new_empty((B, T, HQ), dtype=torch.float32)
 
@@ -57,33 +57,35 @@ def _(q, k, v, block_indices, block_size, scale, window=0):
 def _bwd_op(
     do: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     o: torch.Tensor, lse: torch.Tensor, block_indices: torch.Tensor, block_size: int, scale: float,
-    window: int = 0,
+    window: int = 0, block_starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     # do may arrive expanded (stride 0 everywhere, e.g. from o.sum()).
     do, q, k, v, o = (_last_dim_contiguous(x) for x in (do, q, k, v, o))
-    return _attention.sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size, scale, window)
+    return _attention.sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size, scale, window,
+                                      block_starts)
 
 
 @_bwd_op.register_fake
-def _(do, dlse, q, k, v, o, lse, block_indices, block_size, scale, window=0):
+def _(do, dlse, q, k, v, o, lse, block_indices, block_size, scale, window=0, block_starts=None):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, block_indices, block_size, scale, window = inputs
+    q, k, v, block_indices, block_size, scale, window, block_starts = inputs
     o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, block_indices)
+    ctx.save_for_backward(q, k, v, o, lse, block_indices, block_starts)
     ctx.block_size = block_size
     ctx.scale = scale
     ctx.window = window
 
 
 def _backward(ctx, do, dlse):
-    q, k, v, o, lse, block_indices = ctx.saved_tensors
+    q, k, v, o, lse, block_indices, block_starts = ctx.saved_tensors
     if do is None:
         do = torch.zeros_like(o)
-    dq, dk, dv = _bwd_op(do, dlse, q, k, v, o, lse, block_indices, ctx.block_size, ctx.scale, ctx.window)
-    return dq, dk, dv, None, None, None, None
+    dq, dk, dv = _bwd_op(do, dlse, q, k, v, o, lse, block_indices, ctx.block_size, ctx.scale, ctx.window,
+                         block_starts)
+    return dq, dk, dv, None, None, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -104,13 +106,13 @@ def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float
     """Block-sparse attention, differentiable in q, k, v; o (and float32 lse [B, T, HQ])."""
     if q.dtype not in KERNEL_DTYPES:
         return reference.block_sparse_attention(q, k, v, block_indices, block_size, scale, return_lse, cu_seqlens)
-    if cu_seqlens is not None:
-        o, lse = reference.per_document(
-            lambda *x: block_sparse_attention(*x, block_size, scale, True), cu_seqlens, q, k, v, block_indices)
-        return (o, lse) if return_lse else o
-    if block_indices.dtype != torch.int32:
+    block_starts = None
+    if cu_seqlens is not None:  # packed documents: block ids into the global block table
+        table = _documents.block_table(cu_seqlens, q.shape[1], block_size)
+        block_indices, block_starts = table.to_global(block_indices), table.block_starts
+    elif block_indices.dtype != torch.int32:
         block_indices = block_indices.to(torch.int32)
-    o, lse = _fwd_op(q, k, v, block_indices, block_size, float(scale), 0)
+    o, lse = _fwd_op(q, k, v, block_indices, block_size, float(scale), 0, block_starts)
     return (o, lse) if return_lse else o
 
 

@@ -1,0 +1,74 @@
+"""The block table of packed documents: every document's block grid, numbered globally.
+
+A packed sequence of documents (`cu_seqlens`) gives each document its own grid of blocks starting at
+its first token, so block c of a document begins at start + c * s and its last block may be partial.
+The kernels number all these blocks in document order, as if every document were padded to a
+multiple of s: document i owns the global ids first[i] .. first[i] + ceil(len_i / s) - 1. The table
+holds the first position of every global block (and T after the last), which is all the attention
+kernels need: a block's tokens run from its start to the next block's start (at most s of them).
+
+The table is sized from shapes only (at most ceil(T / s) + num_docs blocks; the ids past the real
+ones start at T and are empty), so building it needs no device-to-host copy. A model passes one
+cu_seqlens tensor to every layer: the table is built once per tensor and block size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import TensorMemo
+
+
+@dataclass
+class BlockTable:
+    block_starts: torch.Tensor  # int32 [NB + 1]: first position of each global block; T past the last
+    block_first: torch.Tensor  # int32 [NB]: global id of the first block of the block's document
+    token_first: torch.Tensor  # int32 [T]: global id of the first block of each token's document
+    token_blocks: torch.Tensor  # int32 [T]: number of blocks of each token's document
+
+    @property
+    def num_blocks(self) -> int:
+        return self.block_starts.numel() - 1
+
+    def to_global(self, block_indices: torch.Tensor) -> torch.Tensor:
+        """Document-relative block ids [1, T, HK, n] -> global ids; ids outside the document -> -1."""
+        first = self.token_first[None, :, None, None]
+        inside = (block_indices >= 0) & (block_indices < self.token_blocks[None, :, None, None])
+        return torch.where(inside, block_indices + first, -1).to(torch.int32)
+
+
+_TABLES = TensorMemo()
+
+
+def block_table(cu_seqlens: torch.Tensor, seq_len: int, block_size: int) -> BlockTable:
+    table = _TABLES.get(cu_seqlens, (seq_len, block_size))
+    if table is None:
+        table = _build(cu_seqlens.long(), seq_len, block_size)
+        _TABLES.put(cu_seqlens, (seq_len, block_size), table)
+    return table
+
+
+def _build(cu: torch.Tensor, T: int, s: int) -> BlockTable:
+    dev = cu.device
+    num_docs = cu.numel() - 1
+    nb = -(-T // s) + num_docs  # sum of ceil(len / s) never exceeds this
+    lengths = cu[1:] - cu[:-1]
+    blocks = (lengths + s - 1) // s
+    first = torch.zeros(num_docs + 1, dtype=torch.long, device=dev)
+    first[1:] = torch.cumsum(blocks, 0)
+    g = torch.arange(nb, device=dev)
+    doc = torch.searchsorted(first[1:], g, right=True)  # num_docs for the unused ids past the last
+    real = doc < num_docs
+    doc = doc.clamp(max=num_docs - 1)
+    starts = torch.full((nb + 1,), T, dtype=torch.long, device=dev)
+    starts[:nb] = torch.where(real, cu[doc] + (g - first[doc]) * s, T)
+    t = torch.arange(T, device=dev)
+    token_doc = torch.searchsorted(cu[1:], t, right=True)
+    return BlockTable(
+        block_starts=starts.to(torch.int32),
+        block_first=first[doc].to(torch.int32),
+        token_first=first[token_doc].to(torch.int32),
+        token_blocks=blocks[token_doc].to(torch.int32),
+    )
