@@ -75,28 +75,50 @@ def _kbar_logits(q, kb_base, c0, NBF, stride_n, stride_part,
 @triton.jit
 def _program_rows(q_ptr, kb_ptr, T, HK, sq_b, sq_t, sq_h, skb_b, skb_h,
                   S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
-                  D: tl.constexpr, BD: tl.constexpr):
+                  D: tl.constexpr, BD: tl.constexpr,
+                  bstart_ptr=None, bfirst_ptr=None, DOCS: tl.constexpr = False):
     """What a selection program works on: BQ queries x GP heads of one (batch, KV head) as rows.
 
     Returns the query tile index, batch (int64: batch offsets can pass 2^31 elements), KV head, the
-    valid-row mask, each row's own block, q [BQ * GP, BD], the block-key base pointer and c_end (no
-    query of the tile has a candidate block >= c_end)."""
+    valid-row mask, each row's own block, q [BQ * GP, BD], the block-key base pointer, c_end (no
+    query of the tile has a candidate block >= c_end), c_lo (nor one < c_lo), and the tile's query
+    positions, own blocks and validity [BQ].
+
+    DOCS (packed documents, `_documents.py`): programs tile the global block grid (each document
+    padded to whole blocks), BQ divides S, so a program's queries lie in one block gb of one
+    document: candidates are that document's blocks before gb. Query t sits at grid position
+    t + shift, so block arithmetic is unchanged; only loads and stores use t."""
     # Later query tiles have more candidates: launch them first so the tail of the grid is short.
     pid_q = tl.num_programs(0) - 1 - tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HK).to(tl.int64)
     hk = bh % HK
     rows = tl.arange(0, BQ * GP)
-    t_row = pid_q * BQ + rows // GP
+    p_row = pid_q * BQ + rows // GP  # grid position (the query position without documents)
+    p_q = pid_q * BQ + tl.arange(0, BQ)
     g_row = rows % GP
-    row_ok = (t_row < T) & (g_row < G)
+    if DOCS:
+        gb = (pid_q * BQ) // S
+        start = tl.load(bstart_ptr + gb)
+        shift = gb * S - start
+        count = tl.load(bstart_ptr + gb + 1) - start  # tokens of block gb (0 past the last block)
+        row_ok = (p_row - gb * S < count) & (g_row < G)
+        q_ok = p_q - gb * S < count
+        c_lo = tl.load(bfirst_ptr + gb)
+        c_end = tl.where(pid_q * BQ - gb * S < count, gb, c_lo)  # an empty tile scans nothing
+    else:
+        shift = 0
+        row_ok = (p_row < T) & (g_row < G)
+        q_ok = p_q < T
+        c_lo = 0
+        c_end = tl.minimum(pid_q * BQ + BQ - 1, T - 1) // S
     offs_d = tl.arange(0, BD)
     q = tl.load(
-        q_ptr + b * sq_b + t_row[:, None] * sq_t + (hk * G + g_row)[:, None] * sq_h + offs_d[None, :],
+        q_ptr + b * sq_b + (p_row - shift)[:, None] * sq_t + (hk * G + g_row)[:, None] * sq_h + offs_d[None, :],
         mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0,
     )
-    c_end = tl.minimum(pid_q * BQ + BQ - 1, T - 1) // S
-    return pid_q, b, hk, row_ok, t_row // S, q, kb_ptr + b * skb_b + hk * skb_h, c_end
+    return (pid_q, b, hk, row_ok, p_row // S, q, kb_ptr + b * skb_b + hk * skb_h, c_end, c_lo,
+            p_q - shift, p_q // S, q_ok)
 
 
 @triton.jit
@@ -112,17 +134,15 @@ def _select_kernel(
     NSPLIT: tl.constexpr, IEEE: tl.constexpr, MERGE_BY_SORT: tl.constexpr,
 ):
     R: tl.constexpr = BQ * GP
-    pid_q, b, hk, row_ok, cur_row, q, kb_base, c_end = _program_rows(
+    pid_q, b, hk, row_ok, cur_row, q, kb_base, c_end, c_lo, t_q, cur_q, q_ok = _program_rows(
         q_ptr, kb_ptr, T, HK, sq_b, sq_t, sq_h, skb_b, skb_h, S, G, GP, BQ, D, BD)
 
     # Pass 1: per-row softmax normalisers over candidates c < c_t (log2 domain).
-    m_safe, l = _online_normalisers(q, kb_base, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
+    m_safe, l = _online_normalisers(q, kb_base, 0, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
                                     R, BN1, D, BD, NSPLIT, IEEE)
     inv_l = tl.where(l > 0, 1.0 / l, 0.0)
 
     # Pass 2: group scores tile by tile, merged into a per-query top-(N-1) buffer of int64 keys.
-    t_q = pid_q * BQ + tl.arange(0, BQ)
-    cur_q = t_q // S
     slot = tl.arange(0, KB)[None, :]
     if MERGE_BY_SORT:
         # Buffer sorted descending, tile width KB: two sorts per tile (see the module docstring).
@@ -147,17 +167,17 @@ def _select_kernel(
                               scale2, BN1, BQ, GP, D, BD, NSPLIT, IEEE, _NEG)
             buf, kth = _insert_keys(buf, kth, key)
 
-    _store_selection(out_ptr, buf, slot, cur_q, t_q, b, hk, T, so_b, so_t, so_h, N, KB)
+    _store_selection(out_ptr, buf, slot, cur_q, t_q, q_ok, 0, b, hk, so_b, so_t, so_h, N, KB)
 
 
 @triton.jit
-def _online_normalisers(q, kb_base, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
+def _online_normalisers(q, kb_base, c_lo, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
                         R: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                         NSPLIT: tl.constexpr, IEEE: tl.constexpr):
-    """Per-row (max, sum of exp2(logit - max)) over the candidates c < cur_row, online (log2 domain)."""
+    """Per-row (max, sum of exp2(logit - max)) over the candidates c_lo <= c < cur_row, online (log2 domain)."""
     m = tl.full((R,), float("-inf"), tl.float32)
     l = tl.zeros((R,), tl.float32)
-    for c0 in range(0, c_end, BN):
+    for c0 in range(c_lo, c_end, BN):
         x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN, D, BD, NSPLIT, IEEE) * scale2
         cand = ((c0 + tl.arange(0, BN))[None, :] < cur_row[:, None]) & row_ok[:, None]
         x = tl.where(cand, x, float("-inf"))
@@ -212,45 +232,44 @@ def _select_kernel_v3(
     D: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, BN1: tl.constexpr,
     NSPLIT: tl.constexpr, IEEE: tl.constexpr, UNIFORM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
     UNIFORM_PASS2: tl.constexpr, FLOAT_INSERT: tl.constexpr,
+    bstart_ptr=None, bfirst_ptr=None, DOCS: tl.constexpr = False,
 ):
     R: tl.constexpr = BQ * GP
-    pid_q, b, hk, row_ok, cur_row, q, kb_base, c_end = _program_rows(
-        q_ptr, kb_ptr, T, HK, sq_b, sq_t, sq_h, skb_b, skb_h, S, G, GP, BQ, D, BD)
+    pid_q, b, hk, row_ok, cur_row, q, kb_base, c_end, c_lo, t_q, cur_q, q_ok = _program_rows(
+        q_ptr, kb_ptr, T, HK, sq_b, sq_t, sq_h, skb_b, skb_h, S, G, GP, BQ, D, BD, bstart_ptr, bfirst_ptr, DOCS)
     if UNIFORM:
-        c_full = (c_end // BN1) * BN1  # tiles below c_full hold candidates of every row
+        c_full = c_lo + ((c_end - c_lo) // BN1) * BN1  # tiles below c_full hold candidates of every row
     else:
-        c_full = 0
+        c_full = c_lo
 
     # Pass 1: per-row normalisers l = sum_c exp2(x_c - m), x = logit * scale * log2(e).
     if FIXED_SHIFT:
         qf = q.to(tl.float32)
         m = tl.sqrt(tl.sum(qf * qf, 1)) * tl.load(kn_ptr + tl.program_id(1))  # kn = |scale2| max_c |kbar_c|, padded
         l = tl.zeros((R,), tl.float32)
-        for c0 in range(0, c_full, BN1):
+        for c0 in range(c_lo, c_full, BN1):
             x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE, BD == D)
             l += tl.sum(tl.exp2(x * scale2 - m[:, None]), 1)
         for c0 in range(c_full, c_end, BN1):
             x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE)
             cand = ((c0 + tl.arange(0, BN1))[None, :] < cur_row[:, None]) & row_ok[:, None]
             l += tl.sum(tl.where(cand, tl.exp2(x * scale2 - m[:, None]), 0.0), 1)
-        loose = row_ok & (cur_row > 0) & (l < 2.0 ** -40)
+        loose = row_ok & (cur_row > c_lo) & (l < 2.0 ** -40)
         if tl.max(loose.to(tl.int32)) > 0:
-            m, l = _online_normalisers(q, kb_base, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
+            m, l = _online_normalisers(q, kb_base, c_lo, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
                                        R, BN1, D, BD, NSPLIT, IEEE)
     else:
-        m, l = _online_normalisers(q, kb_base, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
+        m, l = _online_normalisers(q, kb_base, c_lo, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
                                    R, BN1, D, BD, NSPLIT, IEEE)
     inv_l = tl.where((l > 0) & row_ok, 1.0 / l, 0.0)  # padded heads and rows past T score nothing
 
     # Pass 2: group scores into the unsorted top-(N-1) buffer by threshold insertion (as version 1).
-    t_q = pid_q * BQ + tl.arange(0, BQ)
-    cur_q = t_q // S
     slot = tl.arange(0, KB)[None, :]
     buf = tl.where(slot < N - 1, -1 - slot.to(tl.int64), _PAD) + tl.zeros((BQ, KB), tl.int64)
     kth = tl.min(buf, 1)
     if not UNIFORM_PASS2:
-        c_full = 0  # every pass-2 tile masked: the unmasked loop costs ~35 registers (203 vs 168)
-    for c0 in range(0, c_full, BN1):
+        c_full = c_lo  # every pass-2 tile masked: the unmasked loop costs ~35 registers (203 vs 168)
+    for c0 in range(c_lo, c_full, BN1):
         x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE, BD == D)
         p = tl.exp2(x * scale2 - m[:, None]) * inv_l[:, None]
         score = tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1)
@@ -273,7 +292,7 @@ def _select_kernel_v3(
             key = tl.where(blk[None, :] < cur_q[:, None], key, _NEG)
             buf, kth = _insert_keys(buf, kth, key)
 
-    _store_selection(out_ptr, buf, slot, cur_q, t_q, b, hk, T, so_b, so_t, so_h, N, KB)
+    _store_selection(out_ptr, buf, slot, cur_q, t_q, q_ok, c_lo, b, hk, so_b, so_t, so_h, N, KB)
 
 
 @triton.jit
@@ -314,16 +333,18 @@ def _insert_scores(buf, kth, score, blk):
 
 
 @triton.jit
-def _store_selection(out_ptr, buf, slot, cur_q, t_q, b, hk, T, so_b, so_t, so_h, N: tl.constexpr, KB: tl.constexpr):
-    """Write the top N-1 blocks of the key buffer plus the current block, ascending, -1 padding last."""
+def _store_selection(out_ptr, buf, slot, cur_q, t_q, q_ok, c_lo, b, hk, so_b, so_t, so_h,
+                     N: tl.constexpr, KB: tl.constexpr):
+    """Write the top N-1 blocks of the key buffer plus the current block, ascending, -1 padding last,
+    as ids relative to block c_lo (the first block of the queries' document; 0 without documents)."""
     best = ((buf & _LOW_MAX) ^ _LOW_MAX).to(tl.int32)
     BIG: tl.constexpr = 2**30
     sel = tl.where((buf >= 0) & (buf != _PAD), best, BIG)
     sel = tl.where(slot == N - 1, cur_q[:, None], sel)  # the first _PAD slot (N-1 < KB)
     sel = tl.sort(sel, 1)
-    sel = tl.where(sel == BIG, -1, sel)
+    sel = tl.where(sel == BIG, -1, sel - c_lo)
     tl.store(out_ptr + b * so_b + t_q[:, None] * so_t + hk * so_h + slot, sel,
-             mask=(t_q < T)[:, None] & (slot < N))
+             mask=q_ok[:, None] & (slot < N))
 
 
 @triton.jit
@@ -346,17 +367,26 @@ def _block_keys_kernel(
     sk_b, sk_t, sk_h, skb_b, skb_h, skb_part, skb_n,
     factor,
     S: tl.constexpr, SP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, NSPLIT: tl.constexpr,
+    bstart_ptr=None, DOCS: tl.constexpr = False,
 ):
     """kb[b, hk, part, c] = part `part` of the float32 mean of key block c; kn[b * HK + hk] = factor *
-    the largest norm of a block mean (atomic max over the blocks, kn zero on entry)."""
+    the largest norm of a block mean (atomic max over the blocks, kn zero on entry). DOCS: c is a
+    block of the document block table; a partial block is never a candidate (its sum / S only
+    enters the bound, which stays an upper bound)."""
     c = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HK).to(tl.int64)
     hk = bh % HK
     j = tl.arange(0, SP)
     d = tl.arange(0, BD)
-    x = tl.load(k_ptr + b * sk_b + (c * S + j)[:, None].to(tl.int64) * sk_t + hk * sk_h + d[None, :],
-                mask=(j < S)[:, None] & (d < D)[None, :], other=0.0)
+    if DOCS:
+        first = tl.load(bstart_ptr + c)
+        rows = j < tl.load(bstart_ptr + c + 1) - first  # a partial block's mean is never used
+    else:
+        first = c * S
+        rows = j < S
+    x = tl.load(k_ptr + b * sk_b + (first + j)[:, None].to(tl.int64) * sk_t + hk * sk_h + d[None, :],
+                mask=rows[:, None] & (d < D)[None, :], other=0.0)
     mean = tl.sum(x.to(tl.float32), 0) / S
     tl.atomic_max(kn_ptr + bh, tl.sqrt(tl.sum(mean * mean, 0)) * factor)
     out = kb_ptr + b * skb_b + hk * skb_h + c.to(tl.int64) * skb_n + d
@@ -367,18 +397,20 @@ def _block_keys_kernel(
         rest = rest - piece.to(tl.float32)
 
 
-def block_keys_and_bound(k: torch.Tensor, block_size: int, nsplit: int, factor: float):
+def block_keys_and_bound(k: torch.Tensor, block_size: int, nsplit: int, factor: float, table=None):
     """Means of the complete key blocks, each split into `nsplit` parts of k's dtype that sum (in
     float32) to the float32 mean: [B, HK, nsplit, T // s, D], one Triton launch. Also factor *
-    max_c |kbar_c| per (batch, KV head) as float32 [B * HK] (zeros when there is no block)."""
+    max_c |kbar_c| per (batch, KV head) as float32 [B * HK] (zeros when there is no block).
+    With a document block `table` (`_documents.py`) the blocks are its blocks: [..., NB, D]."""
     B, T, HK, D = k.shape
-    nbf = T // block_size
+    nbf = T // block_size if table is None else table.num_blocks
     kb = torch.empty(B, HK, nsplit, nbf, D, dtype=k.dtype, device=k.device)
     kn = torch.zeros(B * HK, dtype=torch.float32, device=k.device)
     if B * HK * nbf:
         _block_keys_kernel[(nbf, B * HK)](
             k, kb, kn, HK, *k.stride()[:3], kb.stride(0), kb.stride(1), kb.stride(2), kb.stride(3), factor,
-            S=block_size, SP=next_pow2(block_size), D=D, BD=max(16, next_pow2(D)), NSPLIT=nsplit, num_warps=1,
+            S=block_size, SP=next_pow2(block_size), D=D, BD=max(16, next_pow2(D)), NSPLIT=nsplit,
+            bstart_ptr=None if table is None else table.block_starts, DOCS=table is not None, num_warps=1,
         )
     return kb, kn
 
@@ -404,8 +436,11 @@ NUM_WARPS = 4
 NUM_STAGES = 3  # v3: software-pipelining depth of the block-key loads (3: -1.7% at 128k, run 5)
 
 
-def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int, scale: float) -> torch.Tensor:
-    """Launch the fused selection kernel. q, k fp16/bf16/fp32 with unit stride in the last dim."""
+def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int, scale: float,
+                  table=None) -> torch.Tensor:
+    """Launch the fused selection kernel. q, k fp16/bf16/fp32 with unit stride in the last dim.
+
+    table: the block table of packed documents (`_documents.py`; batch 1), or None."""
     B, T, HQ, D = q.shape
     HK = k.shape[2]
     G = HQ // HK
@@ -416,8 +451,8 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
     # fp16 has a narrow exponent range, so its low part may lose bits to subnormals; a third part
     # costs one more product and keeps it accurate.
     nsplit = 1 if ieee else (2 if q.dtype == torch.bfloat16 else 3)
-    if KERNEL == "v3":
-        return _select_v3(q, k, block_size, block_count, scale, nsplit, out)
+    if KERNEL == "v3" or table is not None:
+        return _select_v3(q, k, block_size, block_count, scale, nsplit, out, table)
     kb, _ = block_keys_and_bound(k, block_size, nsplit, 0.0)  # v1 needs no shift bound
     KB, BQ, GP, BD = _launch_shape(G, block_count, D)
     BN1 = BLOCK_TILE
@@ -445,7 +480,7 @@ def _launch_capped(kernel, grid, args, meta):
     The cap buys a fourth resident program per SM at the benchmark shape (128 registers, no spills);
     wider shapes (d=128, n>16, small groups) would spill under it, so the first launch of a shape
     checks the compiled kernel and later launches of that shape run uncapped if it spilled."""
-    key = (kernel.fn.__name__, *sorted(meta.items()))
+    key = (kernel.fn.__name__, *sorted((k, v) for k, v in meta.items() if not isinstance(v, torch.Tensor)))
     if interpreting() or MAXNREG is None or _CAP_SPILLS.get(key, False):
         return kernel[grid](*args, **meta)
     compiled = kernel[grid](*args, **meta, maxnreg=MAXNREG)
@@ -466,22 +501,30 @@ def _launch_shape(G: int, block_count: int, D: int):
     return KB, BQ, GP, BD
 
 
-def _select_v3(q, k, block_size, block_count, scale, nsplit, out):
+def _select_v3(q, k, block_size, block_count, scale, nsplit, out, table=None):
     B, T, HQ, D = q.shape
     HK = k.shape[2]
     G = HQ // HK
     KB, BQ, GP, BD = _launch_shape(G, block_count, D)
+    grid_len = T
+    docs = {}
+    if table is not None:
+        # Programs must not straddle blocks (so not documents either): BQ divides the block size.
+        BQ = min(BQ, block_size & -block_size)
+        GP = max(next_pow2(G), 16 // BQ)
+        grid_len = table.num_blocks * block_size  # every document padded to whole blocks
+        docs = dict(bstart_ptr=table.block_starts, bfirst_ptr=table.block_first, DOCS=True)
     scale2 = scale * LOG2E
     # The pass-1 shift bound per (batch, KV head) is |scale2| max_c |kbar_c|, padded by 2^-8 for the
     # rounding of the products (the parts sum to kbar within 2^-16) and of the norm itself.
-    kb, knorm = block_keys_and_bound(k, block_size, nsplit, abs(scale2) * (1 + 2.0 ** -8))
+    kb, knorm = block_keys_and_bound(k, block_size, nsplit, abs(scale2) * (1 + 2.0 ** -8), table)
     _launch_capped(
-        _select_kernel_v3, (triton.cdiv(T, BQ), B * HK),
+        _select_kernel_v3, (triton.cdiv(grid_len, BQ), B * HK),
         (q, kb, knorm, out, T, HK, kb.shape[3], q.stride(0), q.stride(1), q.stride(2),
          kb.stride(0), kb.stride(1), kb.stride(2), kb.stride(3), out.stride(0), out.stride(1), out.stride(2), scale2),
         dict(S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BLOCK_TILE,
              NSPLIT=nsplit, IEEE=q.dtype == torch.float32, UNIFORM=UNIFORM and block_size % BQ == 0,
-             FIXED_SHIFT=FIXED_SHIFT, UNIFORM_PASS2=UNIFORM_PASS2, FLOAT_INSERT=FLOAT_INSERT,
+             FIXED_SHIFT=FIXED_SHIFT, UNIFORM_PASS2=UNIFORM_PASS2, FLOAT_INSERT=FLOAT_INSERT, **docs,
              num_warps=NUM_WARPS, num_stages=NUM_STAGES),
     )
     return out

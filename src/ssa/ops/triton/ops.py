@@ -28,12 +28,15 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.library.custom_op("ssa::select_blocks_triton", mutates_args=())
-def _select_op(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int, scale: float) -> torch.Tensor:
-    return _select.select_blocks(_last_dim_contiguous(q), _last_dim_contiguous(k), block_size, block_count, scale)
+def _select_op(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int, scale: float,
+               cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    table = None if cu_seqlens is None else _documents.block_table(cu_seqlens, q.shape[1], block_size)
+    return _select.select_blocks(_last_dim_contiguous(q), _last_dim_contiguous(k), block_size, block_count, scale,
+                                 table)
 
 
 @_select_op.register_fake
-def _(q, k, block_size, block_count, scale):
+def _(q, k, block_size, block_count, scale, cu_seqlens=None):
     B, T, _, _ = q.shape
     return q.new_empty((B, T, k.shape[2], block_count), dtype=torch.int32)
 
@@ -95,10 +98,7 @@ def select_blocks(q, k, block_size: int, block_count: int, scale: float, cu_seql
     """Exact top-k selection, int32 [B, T, HK, block_count] (arguments validated by ssa.ops.api)."""
     if q.dtype not in KERNEL_DTYPES:
         return reference.select_blocks(q, k, block_size, block_count, scale, cu_seqlens)
-    if cu_seqlens is not None:
-        return reference.per_document(
-            lambda a, b: _select_op(a, b, block_size, block_count, float(scale)), cu_seqlens, q, k)
-    return _select_op(q, k, block_size, block_count, float(scale))
+    return _select_op(q, k, block_size, block_count, float(scale), cu_seqlens)
 
 
 def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float, return_lse: bool = False,
