@@ -254,3 +254,30 @@ def test_trainer_feeds_document_positions():
     torch.testing.assert_close(packed.flatten(0, 1), torch.cat([a[0] for a in alone]), atol=2e-5, rtol=2e-5)
     assert T._packing(rows, None) == {}
     assert math.isfinite(float(loss))
+
+
+def test_block_table_numbers_every_document_grid():
+    pytest.importorskip("ssa.ops.triton")
+    from ssa.ops.triton import _documents
+
+    lengths, s = [5, 1, 0, 19, 8, 16], 8
+    cu = _cu(lengths)
+    T = int(cu[-1])
+    table = _documents.block_table(cu, T, s)
+    starts, firsts, token_first, token_blocks = [], [], [], []
+    for a, L in zip(cu[:-1].tolist(), lengths):
+        first = len(starts)
+        for c in range(-(-L // s)):
+            starts.append(a + c * s)
+            firsts.append(first)
+        token_first += [first] * L
+        token_blocks += [-(-L // s)] * L
+    nb = table.num_blocks
+    assert nb >= len(starts)
+    assert table.block_starts.tolist() == starts + [T] * (nb + 1 - len(starts))
+    assert table.block_first.tolist()[:len(firsts)] == firsts
+    assert table.token_first.tolist() == token_first and table.token_blocks.tolist() == token_blocks
+    idx = torch.randint(-1, 4, (1, T, 2, 3), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    inside = (idx >= 0) & (idx < torch.tensor(token_blocks)[None, :, None, None])
+    expected = torch.where(inside, idx + torch.tensor(token_first)[None, :, None, None], -1)
+    assert torch.equal(table.to_global(idx), expected.int())

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import triton
+import triton.language as tl
 
 from .._checks import TensorMemo
 
@@ -33,10 +35,29 @@ class BlockTable:
         return self.block_starts.numel() - 1
 
     def to_global(self, block_indices: torch.Tensor) -> torch.Tensor:
-        """Document-relative block ids [1, T, HK, n] -> global ids; ids outside the document -> -1."""
-        first = self.token_first[None, :, None, None]
-        inside = (block_indices >= 0) & (block_indices < self.token_blocks[None, :, None, None])
-        return torch.where(inside, block_indices + first, -1).to(torch.int32)
+        """Document-relative block ids [1, T, HK, n] -> global ids; ids outside the document -> -1.
+
+        One launch (a chain of PyTorch ops costs several, which shows at short sequences)."""
+        idx = block_indices.contiguous()
+        out = torch.empty(idx.shape, dtype=torch.int32, device=idx.device)
+        T, per_token = idx.shape[1], idx.shape[2] * idx.shape[3]
+        if idx.numel():
+            _to_global_kernel[(triton.cdiv(idx.numel(), _BLOCK),)](
+                idx, out, self.token_first, self.token_blocks, idx.numel(), per_token, BLOCK=_BLOCK)
+        return out
+
+
+_BLOCK = 1024
+
+
+@triton.jit
+def _to_global_kernel(idx_ptr, out_ptr, first_ptr, blocks_ptr, total, per_token, BLOCK: tl.constexpr):
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = e < total
+    t = e // per_token
+    blk = tl.load(idx_ptr + e, mask=ok, other=-1)
+    inside = (blk >= 0) & (blk < tl.load(blocks_ptr + t, mask=ok, other=0))
+    tl.store(out_ptr + e, tl.where(inside, blk + tl.load(first_ptr + t, mask=ok, other=0), -1), mask=ok)
 
 
 _TABLES = TensorMemo()
