@@ -15,7 +15,8 @@
 # Merge both parts afterwards (CPU is enough):
 #   ssa compare --merge docs/study/part-A docs/study/part-B --out docs/study
 set -uo pipefail
-BUDGET=560                     # seconds for the whole call
+BUDGET=${BUDGET:-560}          # seconds for the whole call
+# STUDY_EXTRA_SET: more --set overrides (a CPU smoke test shrinks the model and data with it)
 START=$(date +%s)
 PART=${1:-A}
 case "$PART" in
@@ -39,7 +40,7 @@ LEFT=$(( BUDGET - ($(date +%s) - START) - 25 ))
 timeout $(( LEFT + 15 )) python3 -m ssa.cli compare --preset study --methods $METHODS --seeds $SEEDS \
   --set model.hidden_size=512 model.num_hidden_layers=8 model.num_attention_heads=8 model.num_key_value_heads=2 \
         model.block_size=16 model.block_count=16 data.seq_len=2048 train.micro_batch_size=16 train.grad_accum=1 \
-        "data.source=$DATA/gutenberg/train.jsonl.gz" "data.tokenizer=gpt2:$DATA/tokenizer/gpt2" \
+        "data.source=$DATA/gutenberg/train.jsonl.gz" "data.tokenizer=gpt2:$DATA/tokenizer/gpt2" ${STUDY_EXTRA_SET:-} \
   --time-budget $LEFT --eval-reserve 120 ${STEPS:+--steps $STEPS} \
   --block-counts 4,8,16,32,64 --eval-rows 64 --test-data "$DATA/gutenberg/test.jsonl.gz" \
   --attention-rows 4 --long-data "$DATA/gutenberg/test.jsonl.gz" --lengths 1,2,4 --extrapolation-docs 3 \
