@@ -1,0 +1,91 @@
+"""The embedded `synthetic-copy` corpus and the copy-accuracy measure."""
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ssa.evaluation.copy_task import copy_accuracy, copy_rows
+from ssa.training.data import DataSpec, iter_documents
+from ssa.training.synthetic import COPY_ALPHABET, CopySpec, copy_document, copy_documents, copy_span
+from ssa.training.tokenizer import build_tokenizer
+
+
+@pytest.mark.parametrize("spec", [CopySpec(), CopySpec(segment_min=1, segment_max=3, min_gap=5, max_gap=5)])
+def test_copy_documents_repeat_their_segment_beyond_the_gap(spec):
+    rng = random.Random(0)
+    for _ in range(50):
+        doc = copy_document(rng, spec)
+        first_end = doc.index("]")
+        seg = doc[1:first_end]
+        assert spec.segment_min <= len(seg) <= spec.segment_max and set(seg) <= set(COPY_ALPHABET)
+        assert doc.endswith(f"[{seg}]")
+        second = len(doc) - len(seg) - 2
+        assert second - (first_end + 1) >= spec.min_gap  # filler of at least min_gap bytes between them
+        filler = doc[first_end + 1:second]
+        assert not set(filler) & set(COPY_ALPHABET[26:])  # no digits in the filler
+        a, b = copy_span(doc)
+        assert doc[a:b] == seg[1:]  # the repeat without its first symbol
+
+
+def test_copy_source_in_the_data_pipeline():
+    spec = DataSpec.from_dict({"source": "synthetic-copy", "synthetic": {"min_gap": 70},
+                               "synthetic_train_bytes": 3000, "synthetic_val_bytes": 3000})
+    assert spec.synthetic["min_gap"] == 70 and spec.synthetic["segment_max"] == CopySpec().segment_max
+    train = list(iter_documents(spec, "train", 0))
+    assert train == list(iter_documents(spec, "train", 0))
+    assert set(train).isdisjoint(iter_documents(spec, "val", 0))
+    assert sum(len(d) + 1 for d in train) >= 3000
+    with pytest.raises(ValueError, match="data.synthetic"):
+        DataSpec.from_dict({"source": "synthetic-copy", "synthetic": {"keys": "letters"}})
+    with pytest.raises(ValueError, match="max_gap"):
+        DataSpec.from_dict({"source": "synthetic-copy", "synthetic": {"min_gap": 9, "max_gap": 8}})
+
+
+def test_copy_rows_mask_exactly_the_repeats():
+    tok = build_tokenizer("bytes")
+    docs = list(copy_documents(1, 2000, CopySpec(min_gap=20, max_gap=30)))
+    rows, mask = copy_rows(docs, tok, 64, 10)
+    stream = "".join(d + "\0" for d in docs)  # EOS stands for one position, like the packed stream
+    want = torch.zeros(len(stream), dtype=torch.bool)
+    pos = 0
+    for d in docs:
+        a, b = copy_span(d)
+        want[pos + a: pos + b] = True
+        pos += len(d) + 1
+    want = want[: rows.numel()].view(rows.shape)
+    want[:, 0] = False
+    assert torch.equal(mask, want)
+    assert rows.shape == (10, 64)
+
+
+class _Fixed(torch.nn.Module):
+    """Predicts `answer[t + 1]` at position t (an oracle) or a constant token."""
+
+    def __init__(self, rows, constant=None):
+        super().__init__()
+        self.rows, self.constant = rows, constant
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, **kw):
+        logits = torch.zeros(*x.shape, 300)
+        if self.constant is not None:
+            logits[..., self.constant] = 1.0
+        else:
+            for i in range(x.shape[0]):
+                row = next(r for r in self.rows if torch.equal(r, x[i]))
+                logits[i, torch.arange(x.shape[1] - 1), row[1:]] = 1.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_copy_accuracy_against_oracle_and_constant():
+    tok = build_tokenizer("bytes")
+    docs = list(copy_documents(2, 3000, CopySpec(min_gap=20, max_gap=30)))
+    rows, mask = copy_rows(docs, tok, 64, 6)
+    assert copy_accuracy(_Fixed(rows), rows, mask, "full")["accuracy"] == 1.0
+    sym = ord("A")
+    hits = ((rows[:, 1:] == sym) & mask[:, 1:]).sum().item()
+    res = copy_accuracy(_Fixed(rows, constant=sym), rows, mask, "sparse", 2, batch_size=4)
+    assert res["positions"] == mask.sum().item()
+    assert res["accuracy"] == pytest.approx(hits / mask.sum().item())
