@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from ssa.errors import CommandError
+
 from .evaluate import _floats, _ints, _words
 
 METHODS = ("full", "moba", "nsa", "ssa")
@@ -436,7 +438,7 @@ def run(args) -> int:
                      "run_dir": str(out / ".probe" / n), "report": str(tmp / f"probe-{n}.out.json")} for n in g]
             for n, res in zip(g, run_jobs(jobs, len(g), tmp, deadline)):
                 if res is None:
-                    raise RuntimeError(f"the throughput probe of {n} failed; see {tmp}")
+                    raise CommandError(f"the throughput probe of {n} failed; see {tmp}")
                 probes[n] = {k: res[k] for k in ("step_s", "overhead_s", "wall_s", "peak_memory_bytes")}
         if device_type == "cuda" and args.parallel == "auto":
             parallel = _fit_parallel(names, probes)
@@ -493,7 +495,7 @@ def run(args) -> int:
                   trained=trained, failed=[n for n in names if n not in trained])
     write_json(out / "compare.json", record)
     if not trained:
-        raise RuntimeError(f"no run finished training; logs in {tmp}")
+        raise CommandError(f"no run finished training; logs in {tmp}")
     analysis = write_report([out], out / "report", plots=not args.no_plots)
     record["report_done_s"] = time.time() - t_start
     write_json(out / "compare.json", record)
