@@ -50,11 +50,32 @@ def block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
     return blocks.sum(2) / counts[None, :, None, None]
 
 
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim restricted to `mask` (broadcastable to logits).
+
+    A row with no allowed entry has nothing to attend and gives zeros. Non-finite inputs propagate as
+    in dense attention: a NaN or +inf logit among the allowed ones makes the whole row NaN.
+    """
+    probs = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+    return torch.where(mask.any(-1, keepdim=True), probs, 0.0)
+
+
+def group_block_scores(logits: torch.Tensor, candidate: torch.Tensor) -> torch.Tensor:
+    """Group scores of docs/design.md §1.1 steps 3-4 from per-head block logits [..., G, nb]: each head's
+    softmax over the candidate blocks, summed over the group, [..., nb].
+
+    `candidate` broadcasts to [..., nb]. Non-candidates score -1; candidates score in [0, G], or NaN
+    when a non-finite input reached the row's softmax (`top_blocks` ranks NaN first). Shared by
+    prefill and decode selection.
+    """
+    score = masked_softmax(logits, candidate.unsqueeze(-2)).sum(-2)
+    return torch.where(candidate, score, -1.0)
+
+
 def block_scores(q: torch.Tensor, kbar: torch.Tensor, t0: int, block_size: int, scale: float) -> tuple:
     """Group scores of docs/design.md §1.1 steps 3-4 for queries t0..t0+C.
 
-    Returns (score [B, C, HK, nb], candidate mask [C, nb], current block [C]). Non-candidates
-    score -1; candidates score in [0, G] (sum of per-head softmax probabilities).
+    Returns (score [B, C, HK, nb], candidate mask [C, nb], current block [C]); see `group_block_scores`.
     """
     B, C, HQ, D = q.shape
     nb, HK = kbar.shape[1], kbar.shape[2]
@@ -63,22 +84,21 @@ def block_scores(q: torch.Tensor, kbar: torch.Tensor, t0: int, block_size: int, 
     logits = torch.einsum("bchgd,bnhd->bchgn", qg, kbar) * scale
     current = torch.arange(t0, t0 + C, device=q.device) // block_size
     candidate = torch.arange(nb, device=q.device)[None, :] < current[:, None]  # [C, nb]
-    logits = logits.masked_fill(~candidate[None, :, None, None, :], float("-inf"))
-    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # rows without candidates -> 0
-    score = probs.sum(3)
-    score = torch.where(candidate[None, :, None, :], score, torch.full_like(score, -1.0))
-    return score, candidate, current
+    return group_block_scores(logits, candidate[None, :, None, :]), candidate, current
 
 
 def top_blocks(score: torch.Tensor, is_current: torch.Tensor, block_count: int) -> torch.Tensor:
     """Steps 5-7 of docs/design.md §1.1 on group scores [..., nb] (non-candidates -1).
 
     The current block (`is_current`, broadcastable to score) always takes a slot; the rest go to the
-    exact top scores, ties to the lower block. Returns int32 [..., block_count]: block ids ascending,
-    empty slots -1 at the end. Shared by prefill selection and single-query decode selection.
+    exact top scores, ties to the lower block. A NaN score (a non-finite input) ranks above every
+    number, so such rows keep a full, well-formed selection (the lowest blocks when all are NaN), as
+    in the Triton kernel. Returns int32 [..., block_count]: block ids ascending, empty slots -1 at the
+    end. Shared by prefill selection and single-query decode selection.
     """
     nb = score.shape[-1]
     width = min(block_count, nb)
+    score = torch.where(score.isnan(), torch.finfo(score.dtype).max, score)
     score = torch.where(is_current, torch.full_like(score, float("inf")), score)
     # Stable descending sort: equal scores keep ascending block order, so ties go to the lower index.
     top_score, top_idx = torch.sort(score, dim=-1, descending=True, stable=True)
@@ -166,7 +186,11 @@ def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float
         logits = torch.einsum("bchgd,bchnsd->bchgns", qg, k_sel) * scale
         logits = logits.masked_fill(~visible[:, :, :, None], float("-inf")).flatten(-2)
         lse = torch.logsumexp(logits, dim=-1)  # [B, C, HK, G]
-        probs = torch.exp(logits - lse[..., None]).nan_to_num(0.0)  # a query with no visible key -> 0
+        # A query with no visible key outputs 0; NaN or inf inputs propagate as in dense attention.
+        probs = torch.where(lse.isneginf()[..., None], 0.0, torch.exp(logits - lse[..., None]))
+        # Masked values are zeroed, not just weighted 0: 0 * NaN would leak a later (or padding-slot)
+        # non-finite value into a query that never sees it.
+        v_sel = v_sel.masked_fill(~visible[..., None], 0.0)
         o = torch.einsum("bchgm,bchmd->bchgd", probs, v_sel.flatten(3, 4))
         outs.append(o.reshape(B, t1 - t0, HQ, D))
         lses.append(lse.reshape(B, t1 - t0, HQ))
@@ -214,8 +238,7 @@ def compressed_attention(q, k, v, block_size: int, scale: float):
         logits = torch.einsum("bchgd,bnhd->bchgn", qg, kbar) * scale
         current = torch.arange(t0, t1, device=q.device) // block_size
         candidate = torch.arange(nb, device=q.device)[None, :] < current[:, None]
-        logits = logits.masked_fill(~candidate[None, :, None, None, :], float("-inf"))
-        probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+        probs = masked_softmax(logits, candidate[None, :, None, None, :])
         outs.append(torch.einsum("bchgn,bnhd->bchgd", probs, vbar).reshape(B, t1 - t0, HQ, D))
     return torch.cat(outs, 1).to(q.dtype)
 

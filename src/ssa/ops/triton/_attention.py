@@ -117,11 +117,12 @@ def _fwd_kernel(
         acc = mma(p.to(v.dtype), v, acc * alpha[:, None], IEEE)
         m = m_new
     # Every query sees at least itself (the selection always includes its own block); user-given
-    # indices without it give zeros and lse -inf, as in the reference.
-    o = acc / tl.where(l > 0, l, 1.0)[:, None]
+    # indices without it give zeros and lse -inf, as in the reference. A NaN sum (non-finite inputs)
+    # stays NaN, as in dense attention.
+    o = acc / tl.where(l == 0, 1.0, l)[:, None]
     tl.store(o_ptr + b * so_b + t_r[:, None] * so_t + heads[:, None] * so_h + d[None, :],
              o.to(o_ptr.dtype.element_ty), mask=row_mask)
-    lse = tl.where(l > 0, (m + tl.log2(l)) * 0.6931471805599453, float("-inf"))
+    lse = tl.where(l == 0, float("-inf"), (m + tl.log2(l)) * 0.6931471805599453)
     tl.store(lse_ptr + b * sl_b + t_r * sl_t + heads * sl_h, lse, mask=row_ok)
 
 
@@ -256,13 +257,16 @@ def _dkdv_kernel(
     tl.atomic_add(dv_ptr + out, dv, mask=kv_mask)
 
 
-def _tiles(block_size: int, group: int, head_dim: int) -> dict:
+def _tiles(block_size: int, group: int, head_dim: int, k=None, v=None) -> dict:
     BS = max(16, next_pow2(block_size))
+    # Queries per forward/dq program: 1 on the GPU; 8 under the CPU interpreter, whose cost is per
+    # operation rather than per element. Those 8 queries share the p @ v (and ds @ k) products, where
+    # a key hidden from one query meets its zero weight, and 0 * NaN would leak a non-finite key or
+    # value into queries that never see it: such inputs take one query per program, as on the GPU.
+    shared = interpreting() and all(x is None or bool(torch.isfinite(x).all()) for x in (k, v))
     return dict(
         S=block_size, BS=BS,
-        # Queries per forward/dq program: 1 on the GPU; 8 under the CPU interpreter, whose cost is
-        # per operation rather than per element.
-        QB=8 if interpreting() else 1,
+        QB=8 if shared else 1,
         BPI=max(1, 64 // BS),  # blocks gathered per step of the forward/dq loops: 64-key tiles
         GP=max(16, next_pow2(group)),
         BD=max(16, next_pow2(head_dim)),
@@ -282,7 +286,7 @@ def sparse_forward(q, k, v, block_indices, block_size: int, scale: float, window
     n = block_indices.shape[-1]
     o = torch.empty_like(q)
     lse = torch.empty(B, T, HQ, dtype=torch.float32, device=q.device)
-    tiles = _tiles(block_size, G, D)
+    tiles = _tiles(block_size, G, D, k, v)
     _fwd_kernel[(triton.cdiv(T, tiles["QB"]), B * HK)](
         q, k, v, block_indices, o, lse,
         T, HK,
@@ -341,7 +345,7 @@ def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, s
     if dlse is not None:
         dlse = dlse.float().contiguous()
     delta = torch.empty_like(lse)  # written by the dq kernel
-    tiles = _tiles(block_size, G, D)
+    tiles = _tiles(block_size, G, D, k, v)
     ieee = q.dtype == torch.float32
 
     dq = torch.empty_like(q)

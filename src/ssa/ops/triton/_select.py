@@ -140,7 +140,7 @@ def _select_kernel(
     # Pass 1: per-row softmax normalisers over candidates c < c_t (log2 domain).
     m_safe, l = _online_normalisers(q, kb_base, 0, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
                                     R, BN1, D, BD, NSPLIT, IEEE)
-    inv_l = tl.where(l > 0, 1.0 / l, 0.0)
+    inv_l = tl.where(l == 0, 0.0, 1.0 / l)  # no candidate: 0; a NaN sum (non-finite input) stays NaN
 
     # Pass 2: group scores tile by tile, merged into a per-query top-(N-1) buffer of int64 keys.
     slot = tl.arange(0, KB)[None, :]
@@ -197,7 +197,7 @@ def _score_keys(q, kb_base, c0, NBF, skb_n, skb_part, m_safe, inv_l, cur_row, ro
     blk = c0 + tl.arange(0, BN)
     cand = (blk[None, :] < cur_row[:, None]) & row_ok[:, None]  # padded heads score nothing
     p = tl.where(cand, tl.exp2(x - m_safe[:, None]) * inv_l[:, None], 0.0)
-    score = tl.sum(tl.reshape(p, (BQ, GP, BN)), 1)  # [BQ, BN], the sum over the group
+    score = _nan_first(tl.sum(tl.reshape(p, (BQ, GP, BN)), 1))  # [BQ, BN], the sum over the group
     bits = score.to(tl.int32, bitcast=True).to(tl.int64)
     key = (bits << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
     return tl.where(blk[None, :] < cur_q[:, None], key, EMPTY)
@@ -254,14 +254,18 @@ def _select_kernel_v3(
             x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE)
             cand = ((c0 + tl.arange(0, BN1))[None, :] < cur_row[:, None]) & row_ok[:, None]
             l += tl.sum(tl.where(cand, tl.exp2(x * scale2 - m[:, None]), 0.0), 1)
-        loose = row_ok & (cur_row > c_lo) & (l < 2.0 ** -40)
+        # Also NaN: a non-finite key anywhere makes the shared bound inf or NaN; the exact pass then
+        # keeps the rows whose own candidates are finite finite.
+        loose = row_ok & (cur_row > c_lo) & ~(l >= 2.0 ** -40)
         if tl.max(loose.to(tl.int32)) > 0:
             m, l = _online_normalisers(q, kb_base, c_lo, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
                                        R, BN1, D, BD, NSPLIT, IEEE)
     else:
         m, l = _online_normalisers(q, kb_base, c_lo, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
                                    R, BN1, D, BD, NSPLIT, IEEE)
-    inv_l = tl.where((l > 0) & row_ok, 1.0 / l, 0.0)  # padded heads and rows past T score nothing
+    # Padded heads, rows past T and rows without candidates score nothing; a NaN sum (a non-finite
+    # input among the row's candidates) stays NaN, as in the reference.
+    inv_l = tl.where((l == 0) | ~row_ok, 0.0, 1.0 / l)
 
     # Pass 2: group scores into the unsorted top-(N-1) buffer by threshold insertion (as version 1).
     slot = tl.arange(0, KB)[None, :]
@@ -272,7 +276,7 @@ def _select_kernel_v3(
     for c0 in range(c_lo, c_full, BN1):
         x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE, BD == D)
         p = tl.exp2(x * scale2 - m[:, None]) * inv_l[:, None]
-        score = tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1)
+        score = _nan_first(tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1))
         blk = c0 + tl.arange(0, BN1)
         if FLOAT_INSERT:
             buf, kth = _insert_scores(buf, kth, score, blk)
@@ -284,7 +288,7 @@ def _select_kernel_v3(
         blk = c0 + tl.arange(0, BN1)
         cand = (blk[None, :] < cur_row[:, None]) & row_ok[:, None]
         p = tl.where(cand, tl.exp2(x * scale2 - m[:, None]) * inv_l[:, None], 0.0)
-        score = tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1)
+        score = _nan_first(tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1))
         if FLOAT_INSERT:
             buf, kth = _insert_scores(buf, kth, tl.where(blk[None, :] < cur_q[:, None], score, -2.0), blk)
         else:
@@ -293,6 +297,13 @@ def _select_kernel_v3(
             buf, kth = _insert_keys(buf, kth, key)
 
     _store_selection(out_ptr, buf, slot, cur_q, t_q, q_ok, c_lo, b, hk, so_b, so_t, so_h, N, KB)
+
+
+@triton.jit
+def _nan_first(score):
+    """NaN group scores (a non-finite input reached the row's softmax) become the largest float, so
+    they rank above every number, ties to the lower block, as in the reference's `top_blocks`."""
+    return tl.where(score == score, score, 3.4028234663852886e38)
 
 
 @triton.jit
