@@ -70,7 +70,15 @@ def check_qkv(q, k, v=None) -> tuple[int, int, int, int, int]:
     return B, T, HQ, HK, D
 
 
-def check_block_indices(block_indices, B: int, T: int, HK: int, device) -> None:
+def check_block_indices(block_indices, B: int, T: int, HK: int, device, block_size: int, block_count,
+                        check_values: bool = True) -> int:
+    """Validate user-given block indices [B, T, HK, n]; returns n.
+
+    Shape, dtype and device always (free). With `check_values` also the ids (one reduction and one
+    device sync): each must be -1 (empty slot) or a block that query t may see, 0 <= id <= t //
+    block_size. Indices built with another block size or for another sequence fail here instead of
+    raising an IndexError in one backend and being silently masked in another.
+    """
     if not isinstance(block_indices, torch.Tensor):
         raise TypeError(f"block_indices must be an int32 torch.Tensor [batch, seq, kv_heads, n], got {type(block_indices).__name__}")
     if block_indices.dtype not in (torch.int32, torch.int64):
@@ -81,6 +89,24 @@ def check_block_indices(block_indices, B: int, T: int, HK: int, device) -> None:
         )
     if block_indices.device != device:
         raise ValueError(f"block_indices is on {block_indices.device} but q is on {device}")
+    n = block_indices.shape[3]
+    if n == 0:
+        raise ValueError("block_indices must have at least one slot per query (n >= 1), got n=0")
+    if block_count is not None and block_count != n:
+        raise ValueError(
+            f"block_count={block_count} but block_indices has n={n} slots per query; pass block_count={n} or None"
+        )
+    if check_values:
+        own = (torch.arange(T, device=device) // block_size)[None, :, None, None]
+        bad = (block_indices < -1) | (block_indices > own)
+        if bool(bad.any()):
+            b, t, h, j = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(
+                f"block_indices[{b}, {t}, {h}, {j}] = {int(block_indices[b, t, h, j])} is out of range: query t={t} "
+                f"may select blocks 0..{t // block_size} (block_size={block_size}) or -1 for an empty slot; "
+                "were the indices built with another block_size?"
+            )
+    return n
 
 
 class TensorMemo:

@@ -60,27 +60,32 @@ def select_blocks(q, k, block_size: int = 16, block_count: int = 16, scale=None,
 
 
 def block_sparse_attention(
-    q, k, v, block_size: int = 16, block_count: int = 16, block_indices=None, scale=None,
-    backend: str = "auto", return_lse: bool = False, cu_seqlens=None,
+    q, k, v, block_size: int = 16, block_count: int | None = None, block_indices=None, scale=None,
+    backend: str = "auto", return_lse: bool = False, cu_seqlens=None, check_indices: bool = True,
 ):
     """Causal attention of each query over its selected key blocks.
 
-    With `block_indices=None` the blocks are chosen by `select_blocks`. Returns o [B, T, HQ, D]
-    (and the natural-log log-sum-exp [B, T, HQ] in float32 if `return_lse`). With `cu_seqlens`
-    (packed documents, module docstring) block ids count from the first token of the query's
-    document and keys of other documents are never seen.
+    With `block_indices=None` the blocks are chosen by `select_blocks` (`block_count` defaults to
+    16). Given `block_indices` [B, T, HK, n], `block_count` may be left None or must equal n, and each
+    id must be -1 (empty slot) or a block the query may see, 0 <= id <= t // block_size: checked
+    with one reduction and a device sync. `check_indices=False` is the unchecked fast path for
+    indices known to be valid (those of `select_blocks`, as the model passes them); invalid ids then
+    give undefined results. Returns o [B, T, HQ, D] (and the natural-log log-sum-exp [B, T, HQ] in
+    float32 if `return_lse`). With `cu_seqlens` (packed documents, module docstring) block ids count
+    from the first token of the query's document and keys of other documents are never seen.
     """
     B, T, HQ, HK, D = check_qkv(q, k, v)
     check_positive_int("block_size", block_size)
-    check_positive_int("block_count", block_count)
+    if block_count is not None:
+        check_positive_int("block_count", block_count)
     scale = check_scale(scale, D)
     backend = resolve_backend(backend, q)
     if cu_seqlens is not None:
         check_cu_seqlens(cu_seqlens, B, T, q.device)
     if block_indices is None:
-        block_indices = select_blocks(q, k, block_size, block_count, scale, backend, cu_seqlens)
+        block_indices = select_blocks(q, k, block_size, block_count or 16, scale, backend, cu_seqlens)
     else:
-        check_block_indices(block_indices, B, T, HK, q.device)
+        check_block_indices(block_indices, B, T, HK, q.device, block_size, block_count, check_indices)
     if backend == "triton":
         return _triton_module().block_sparse_attention(
             q, k, v, block_indices, block_size, scale, return_lse, cu_seqlens)
