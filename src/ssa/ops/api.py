@@ -54,9 +54,7 @@ def select_blocks(q, k, block_size: int = 16, block_count: int = 16, scale=None,
     if cu_seqlens is not None:
         check_cu_seqlens(cu_seqlens, B, T, q.device)
     with torch.no_grad():
-        if resolve_backend(backend, q) == "triton":
-            return _triton_module().select_blocks(q, k, block_size, block_count, scale, cu_seqlens)
-        return reference.select_blocks(q, k, block_size, block_count, scale, cu_seqlens)
+        return _implementation("select_blocks", backend, q)(q, k, block_size, block_count, scale, cu_seqlens)
 
 
 def block_sparse_attention(
@@ -86,10 +84,8 @@ def block_sparse_attention(
         block_indices = select_blocks(q, k, block_size, block_count or 16, scale, backend, cu_seqlens)
     else:
         check_block_indices(block_indices, B, T, HK, q.device, block_size, block_count, check_indices)
-    if backend == "triton":
-        return _triton_module().block_sparse_attention(
-            q, k, v, block_indices, block_size, scale, return_lse, cu_seqlens)
-    return reference.block_sparse_attention(q, k, v, block_indices, block_size, scale, return_lse, cu_seqlens)
+    return _implementation("block_sparse_attention", backend, q)(
+        q, k, v, block_indices, block_size, scale, return_lse, cu_seqlens)
 
 
 def full_attention(q, k, v, scale=None, cu_seqlens=None):
@@ -107,7 +103,8 @@ def full_attention(q, k, v, scale=None, cu_seqlens=None):
 
 
 def _implementation(name: str, backend: str, x):
-    """The Triton module's `name` when the backend resolves to Triton and it has one, else the reference's."""
+    """The one backend dispatch of every op: the Triton module's `name` when the backend resolves to
+    Triton and it has one, else the reference's (same arguments, already validated)."""
     fast = getattr(_triton_module(), name, None) if resolve_backend(backend, x) == "triton" else None
     return fast or getattr(reference, name)
 
@@ -176,9 +173,4 @@ def alignment_loss(o_full, o_sparse, direction: str = "both", kind: str = "smoot
     Any shape; both inputs must share shape, dtype and device. Gradients come back in their dtype.
     """
     _check_alignment_args(o_full, o_sparse, direction, kind)
-    if resolve_backend(backend, o_full) == "triton":
-        # resolve_backend has imported the package (and its interpreter fixes), so this succeeds.
-        from .triton import _align
-
-        return _align.alignment_loss(o_full, o_sparse, direction, kind)
-    return reference.alignment_loss(o_full, o_sparse, direction, kind)
+    return _implementation("alignment_loss", backend, o_full)(o_full, o_sparse, direction, kind)

@@ -17,6 +17,7 @@ from ._interpreter_compat import apply as _apply_interpreter_compat  # noqa: E40
 
 _apply_interpreter_compat()
 
+from ._align import alignment_loss  # noqa: E402
 from .ops import (  # noqa: E402
     block_sparse_attention,
     compressed_attention,
@@ -24,4 +25,5 @@ from .ops import (  # noqa: E402
     sliding_window_attention,
 )
 
-__all__ = ["select_blocks", "block_sparse_attention", "compressed_attention", "sliding_window_attention"]
+__all__ = ["select_blocks", "block_sparse_attention", "compressed_attention", "sliding_window_attention",
+           "alignment_loss"]

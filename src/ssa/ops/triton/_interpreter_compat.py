@@ -13,7 +13,7 @@ Applied only when the interpreter is in use; compiled GPU kernels are untouched.
 
 from __future__ import annotations
 
-import os
+from ._common import interpreting
 
 
 def _unwrap(x):
@@ -21,7 +21,7 @@ def _unwrap(x):
 
 
 def apply() -> None:
-    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    if not interpreting():
         return
     try:
         import numpy as np
