@@ -210,7 +210,8 @@ class Trainer:
     Seams for variants (a subclass overrides one method):
       build_data()    where the token rows and the resumable loader come from
       build_model()   a fresh model, or the checkpoint's on resume
-      wrap_model()    data parallelism (DDP today); `self.model` stays the bare module
+      wrap_model()    compile / activation checkpointing, then DDP or FSDP2 (`train.parallel`);
+                      `self.model` stays the bare module (FSDP2 shards it in place)
       forward()       where the loss is computed for one micro-batch
       log()           where metric records go (RUN_DIR/metrics.jsonl)
     All checkpointed state passes through `state_dict()` / `load_state_dict()`.
