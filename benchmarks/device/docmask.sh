@@ -19,7 +19,7 @@ left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" \
   | tee "$DEST/env.txt"
 timeout $(( $(left) > 35 ? 30 : $(left) / 2 )) python3 -m pytest -q -x -p no:cacheprovider tests/test_documents.py \
-  -k "triton or reference or nsa" > "$DEST/tests.txt" 2>&1
+  -k "triton or reference or nsa or block_table" > "$DEST/tests.txt" 2>&1
 echo "tests rc=$? $(tail -1 "$DEST/tests.txt")"
 
 T_LEFT=$(( $(left) - 5 ))
