@@ -9,9 +9,11 @@ Three launches, none of which reads more than the block means and the selected b
 2. `_split_topk`   grid (B, HK, splits): combines the partials into each head's exact normaliser,
    reads its BC x G logits back, sums the G probabilities into block scores (docs/design.md §1.1) and
    writes its local top n-1 as packed (score, block) keys, ties to the lower block.
-3. `_merge_attend` grid (B, HK): merges the local lists into the exact global top n-1 (the global
-   top n-1 is a subset of the union of local top n-1s), adds the current block, and runs online-
-   softmax attention of the G heads over the selected blocks' keys (causal inside the current one).
+3. `_merge_attend` grid (B, HK, attention splits): merges the local lists into the exact global
+   top n-1 (the global top n-1 is a subset of the union of local top n-1s), adds the current block,
+   and runs online-softmax attention of the G heads over its share of the selected blocks' keys
+   (causal inside the current one); with several splits, `_combine` merges their partials
+   (flash-decoding), so that one row with one KV head still spreads over the chip.
 
 Splitting the scoring over programs matters at long context: at 128k tokens and s=16 there are 8192
 block means per KV head, which one program would read far slower than the whole chip. The block
@@ -26,11 +28,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, next_pow2
+from ._common import INTERPRET, interpreting, next_pow2
 
 _LOW = tl.constexpr(2**31 - 1)  # low half of a packed rank key: _LOW - block id
 BLOCKS_PER_SPLIT = 256  # at most this many block means per scoring program ([GP, BC] logits in registers)
 TARGET_SPLITS = 32
+ATTENTION_PROGRAMS = 128  # about one attention program per SM (an H100/H200 has 132)
 
 
 @triton.jit
@@ -129,12 +132,15 @@ def _key_block(key):
 
 
 @triton.jit
-def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, ck_ptr, idx_ptr, o_ptr,
+def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, ck_ptr, idx_ptr, o_ptr, pm_ptr, pl_ptr, pacc_ptr,
                   sq_b, sq_h, sk_b, sk_l, sk_h, so_b, so_h, HK, NSP, scale, QPR,
                   S: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                   SP: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, CB: tl.constexpr, MC: tl.constexpr,
-                  HAS_CAND: tl.constexpr, IEEE: tl.constexpr):
-    b, h = tl.program_id(0), tl.program_id(1)
+                  NA: tl.constexpr, HAS_CAND: tl.constexpr, IEEE: tl.constexpr):
+    # Program (b, h, a) merges the winners (every split of the attention repeats this small merge,
+    # which costs less than another launch) and attends its share of the selected blocks: chunks
+    # a * CPS .. of CB blocks. With NA > 1 it writes online-softmax partials for `_combine`.
+    b, h, a = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     t = tl.load(len_ptr + b) - 1
     ct = t // S
     offs_n = tl.arange(0, NP)
@@ -149,7 +155,8 @@ def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, ck_ptr, idx_ptr, o_ptr,
             best = tl.max(ck, 0)
             sel = tl.where(offs_n == r + 1, _key_block(best), sel)
             ck = tl.where(ck == best, -1, ck)
-    tl.store(idx_ptr + (b * HK + h) * N + offs_n, sel, mask=offs_n < N)
+    if a == 0:
+        tl.store(idx_ptr + (b * HK + h) * N + offs_n, sel, mask=offs_n < N)
 
     offs_g = tl.arange(0, GP)
     offs_d = tl.arange(0, BD)
@@ -164,7 +171,7 @@ def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, ck_ptr, idx_ptr, o_ptr,
     # CB selected blocks per iteration, gathered as one [CB * SP] key tile: one pair of products per
     # chunk instead of a chain of dependent tiny loads and products per block.
     offs_j = tl.arange(0, CB)
-    for c in range(NP // CB):
+    for c in range(a * (NP // CB // NA), (a + 1) * (NP // CB // NA)):
         blk = tl.sum(tl.where(offs_n[None, :] == (c * CB + offs_j)[:, None], sel[None, :], 0), 1)  # [CB]
         pos2 = blk[:, None] * S + offs_s[None, :]
         visible2 = (blk[:, None] >= 0) & (offs_s < S)[None, :] & (pos2 <= t)
@@ -177,9 +184,11 @@ def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, ck_ptr, idx_ptr, o_ptr,
         s = _dot_t(q, k, IEEE) * scale
         s = tl.where(visible[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        dead = m_new == float("-inf")  # nothing visible yet (cannot happen after slot 0)
-        alpha = tl.where(dead, 1.0, tl.exp(m_i - m_new))
-        p = tl.where(dead[:, None], 0.0, tl.exp(s - m_new[:, None]))
+        # Nothing visible yet (a split holding only empty slots): a finite stand-in keeps exp() at
+        # 0 instead of evaluating -inf - -inf.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         if INTERPRET:
             pv = tl.dot(p, v.to(tl.float32))
@@ -189,13 +198,45 @@ def _merge_attend(q_ptr, k_ptr, v_ptr, len_ptr, ck_ptr, idx_ptr, o_ptr,
             pv = tl.dot(p.to(v.dtype), v)
         acc = acc * alpha[:, None] + pv
         m_i = m_new
+    if NA == 1:
+        o = acc / l_i[:, None]
+        tl.store(o_ptr + b * so_b + (h * G + offs_g)[:, None] * so_h + offs_d[None, :],
+                 o.to(o_ptr.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])
+    else:  # a split with no visible key leaves m = -inf, l = 0, acc = 0: it weighs nothing
+        part = (b * HK + h) * NA + a
+        tl.store(pm_ptr + part * GP + offs_g, m_i)
+        tl.store(pl_ptr + part * GP + offs_g, l_i)
+        tl.store(pacc_ptr + (part * GP + offs_g)[:, None] * BD + offs_d[None, :], acc)
+
+
+@triton.jit
+def _combine(pm_ptr, pl_ptr, pacc_ptr, o_ptr, so_b, so_h, HK,
+             G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, NA: tl.constexpr):
+    """o of (b, h) from the NA attention splits' partials (split 0 holds the current block, so the
+    running max is finite after it)."""
+    b, h = tl.program_id(0), tl.program_id(1)
+    offs_g = tl.arange(0, GP)
+    offs_d = tl.arange(0, BD)
+    m_i = tl.full([GP], float("-inf"), tl.float32)
+    l_i = tl.zeros([GP], tl.float32)
+    acc = tl.zeros([GP, BD], tl.float32)
+    for a in range(NA):
+        part = (b * HK + h) * NA + a
+        m = tl.load(pm_ptr + part * GP + offs_g)
+        m_new = tl.maximum(m_i, m)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        beta = tl.exp(m - m_safe)
+        l_i = l_i * alpha + tl.load(pl_ptr + part * GP + offs_g) * beta
+        acc = acc * alpha[:, None] + tl.load(pacc_ptr + (part * GP + offs_g)[:, None] * BD + offs_d[None, :]) * beta[:, None]
+        m_i = m_new
     o = acc / l_i[:, None]
     tl.store(o_ptr + b * so_b + (h * G + offs_g)[:, None] * so_h + offs_d[None, :],
-             o.to(o_ptr.dtype.element_ty), mask=gmask[:, None] & dmask[None, :])
+             o.to(o_ptr.dtype.element_ty), mask=(offs_g < G)[:, None] & (offs_d < D)[None, :])
 
 
 def sparse_decode_triton(q, k_cache, v_cache, kbar, lengths, block_size: int, block_count: int, scale: float,
-                         bound: int):
+                         bound: int, attention_splits: int | None = None):
     """o [B, T, HQ, D] and the selection [B, T, HK, n] (current block first, then by score, -1 empty).
 
     q is [B, T, HQ, D]: T new queries per cache row, query j at position lengths - T + j.
@@ -203,6 +244,9 @@ def sparse_decode_triton(q, k_cache, v_cache, kbar, lengths, block_size: int, bl
     row, or the cache capacity) sizes the grid; everything that depends on the actual lengths is
     read on the device, so with bound = capacity a step can be captured in a CUDA graph once and
     replayed at every length (programs past a row's candidates find nothing to do).
+    `attention_splits` (a power of two; default: enough to give the chip about ATTENTION_PROGRAMS
+    programs) splits the attention over the selected blocks flash-decoding style, so one row with
+    one KV head does not leave the chip idle; a small `_combine` launch merges the splits.
     """
     B, T, HQ, D = q.shape
     HK = k_cache.shape[2]
@@ -241,14 +285,27 @@ def sparse_decode_triton(q, k_cache, v_cache, kbar, lengths, block_size: int, bl
         )
         _split_topk[(R, HK, nsp)](lengths, m, l, lg, ck, HK, nsp, S=block_size, G=G, GP=GP, BC=BC,
                                   NSPP=next_pow2(nsp), NM1=N - 1)
+    NA = attention_splits or min(NP, next_pow2(max(1, ATTENTION_PROGRAMS // (R * HK))))
+    if attention_splits is None and interpreting():  # programs run one by one there: few repeated merges
+        NA = min(NA, 2)
+    if NA < 1 or NA & (NA - 1) or NA > NP:
+        raise ValueError(f"attention_splits must be a power of two in [1, {NP}], got {NA}")
     # Keys gathered per attention chunk: 256 half-precision keys fit in shared memory with room to
     # spare; float32 products in IEEE mode need about 4x more, hence 64.
     chunk_keys = 64 if q.dtype == torch.float32 else 256
-    _merge_attend[(R, HK)](
-        q, k_cache, v_cache, lengths, ck, idx, o,
+    CB = min(NP // NA, max(1, chunk_keys // SP))
+    pm = pl = pacc = o  # placeholders without splits
+    if NA > 1:
+        pm = torch.empty(R, HK, NA, GP, dtype=torch.float32, device=q.device)
+        pl = torch.empty_like(pm)
+        pacc = torch.empty(R, HK, NA, GP, BD, dtype=torch.float32, device=q.device)
+    _merge_attend[(R, HK, NA)](
+        q, k_cache, v_cache, lengths, ck, idx, o, pm, pl, pacc,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), o.stride(0), o.stride(1),
         HK, nsp, scale, T, S=block_size, G=G, GP=GP, D=D, BD=BD, SP=SP, N=N, NP=NP,
-        CB=min(NP, max(1, chunk_keys // SP)), MC=next_pow2(max(nsp * (N - 1), 2)) if has_cand else 2,
-        HAS_CAND=has_cand, IEEE=q.dtype == torch.float32, num_warps=8,
+        CB=CB, MC=next_pow2(max(nsp * (N - 1), 2)) if has_cand else 2, NA=NA,
+        HAS_CAND=has_cand, IEEE=q.dtype == torch.float32, num_warps=4 if NA > 1 else 8,
     )
+    if NA > 1:
+        _combine[(R, HK)](pm, pl, pacc, o, o.stride(0), o.stride(1), HK, G=G, GP=GP, D=D, BD=BD, NA=NA)
     return o.view(B, T, HQ, D), idx.view(B, T, HK, N)
