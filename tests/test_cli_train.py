@@ -134,3 +134,14 @@ def test_presets_are_found_from_the_package_dir(tmp_path, monkeypatch):
     assert C.load_preset("only-in-wheel") == {"train": {"max_steps": 7}}
     with pytest.raises(ValueError, match="only-in-wheel"):
         C.load_preset("tiny-typo")
+
+
+def test_repeated_set_flags_accumulate():
+    # `--set a=1 --set b=2` must keep both overrides: a second flag silently replacing the first
+    # would train a different model than the command line says.
+    from ssa.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--preset", "tiny", "--set", "train.max_steps=3", "--set", "train.lr=0.01"])
+    assert args.overrides == ["train.max_steps=3", "train.lr=0.01"]
+    args = build_parser().parse_args(["compare", "--set", "train.max_steps=3", "--set", "train.lr=0.01"])
+    assert args.overrides == ["train.max_steps=3", "train.lr=0.01"]

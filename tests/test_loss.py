@@ -75,9 +75,11 @@ def test_padded_vocab_is_masked_in_logits_loss_and_generate(tie):
     assert logits.shape == (2, 12, 37)
     # The loss with labels equals the CE of the returned (real-vocabulary) logits.
     out = model(x, labels=x)
-    assert out.logits is None
+    torch.testing.assert_close(out.logits, logits)  # eval mode returns the logits with the loss
     ref = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), x[:, 1:].flatten())
     torch.testing.assert_close(out.ce_loss, ref, rtol=1e-5, atol=1e-5)
+    assert model.train()(x, labels=x).logits is None  # training never builds the whole-batch logits
+    model.eval()
     gen = model.generate(x[:, :4], attention_mask=torch.ones_like(x[:, :4]), max_new_tokens=6, do_sample=True,
                          top_k=0, pad_token_id=0)
     assert int(gen.max()) < 37

@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma list of full, moba, nsa, ssa (default: all four; demo: full,ssa)")
     p.add_argument("--seeds", nargs="+", default=["0"], metavar="SEEDS",
                    help="comma list for every method (0,1), or per method: full=0,1 ssa=0,1 moba=0")
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides for every run, as in `ssa train` (e.g. data.source=FILE)")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per run (default: the config's; with --time-budget: the probe sizes them, "

@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", metavar="FILE", help="a JSON config {model, train, data} instead of a preset")
     parser.add_argument("--method", help="full, moba, nsa or ssa (default: the config's, else ssa)")
     parser.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<preset>-<method>)")
-    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="dotted overrides, e.g. train.max_steps=50 model.block_count=8 data.seq_len=256")
     parser.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
     parser.add_argument("--resume", action="store_true",

@@ -304,8 +304,9 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         cache unless one is given, so training and evaluation passes never keep K/V copies.
         `attention_mask` may only mark left padding of the prompt. `logits_to_keep=N` computes
         logits of the last N columns.
-        With `labels` the call returns the losses and `logits=None` (the loss is computed in chunks
-        so that the float32 logits of the whole batch never exist).
+        With `labels` the loss is computed in chunks, so the float32 logits of the whole batch never
+        exist; a training-mode call with labels therefore returns `logits=None` (as Liger's fused
+        loss does), while an eval-mode call returns the logits as well.
 
         Packed documents: `position_ids` that restart at 0 inside a row (the convention of
         transformers' flattening collator) or `cu_seqlens` (int32 boundaries over the flattened
@@ -338,12 +339,14 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         if labels is not None and plan.cu_seqlens is not None:
             labels = labels.flatten().index_fill(0, plan.cu_seqlens[:-1].long(), IGNORE_INDEX).view_as(labels)
         if labels is not None:
-            # The loss never materialises the logits of the whole batch (model/loss.py), so a call
-            # with labels returns no logits. Position t predicts labels[t + 1]; the last has none.
+            # The loss never materialises the logits of the whole batch (model/loss.py). Position t
+            # predicts labels[t + 1]; the last has none.
             targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
             ce_loss = linear_cross_entropy(hidden.flatten(0, 1), weight, targets.flatten(), vocab)
             loss = ce_loss + self.config.alpha * align_loss if aligns else ce_loss
-        else:
+        if labels is None or not self.training:
+            # Training skips the logits to save memory; evaluation callers (metrics, lm-eval
+            # style scoring) expect them next to the loss, as every transformers model returns them.
             logits = F.linear(hidden, weight)[..., :vocab]  # padded vocabulary rows are never output
         return SSACausalLMOutput(
             loss=loss, logits=logits, ce_loss=ce_loss, align_loss=align_loss,
