@@ -135,10 +135,9 @@ def bench_generate(args) -> tuple[list[dict], dict]:
             if B != cache.batch_size:  # every row a copy of the prefilled one (in place)
                 cache.reorder_cache(torch.zeros(B, dtype=torch.long, device="cuda"))
             rows_cache = cache
-            start = (list(rows_cache.host_lengths), rows_cache.seen_tokens, rows_cache.lengths.clone())
-            for mode in ("full", "sparse"):
-                rows_cache.host_lengths, rows_cache.seen_tokens = list(start[0]), start[1]
-                rows_cache.lengths.copy_(start[2])
+            for mode in ("full", "sparse"):  # rewind to the prompt (later slots are never read)
+                rows_cache.host_lengths, rows_cache.seen_tokens = [L] * B, L
+                rows_cache.lengths.fill_(L)
                 step = GreedyStep(model, rows_cache, attention_mode=mode, capture=True)
                 tok = first.expand(B, 1).contiguous()
                 for _ in range(3):  # two eager warm-up steps, then the capture and its first replay
