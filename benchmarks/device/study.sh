@@ -5,6 +5,7 @@
 #
 #   OUT=/some/dir bash benchmarks/device/study.sh A [DATA_DIR]          # full, moba, nsa, ssa, seed 0
 #   OUT=/some/dir bash benchmarks/device/study.sh B STEPS [DATA_DIR]    # full, ssa, seed 1
+#   OUT=/some/dir bash benchmarks/device/study.sh all [DATA_DIR]        # both parts in one call (six runs at once)
 #
 # Part A sizes its training steps from a throughput probe so that the call ends in time, and prints
 # them ("steps=N"); part B must train the same number of steps (the seed spread is only noise if
@@ -22,7 +23,8 @@ PART=${1:-A}
 case "$PART" in
   A) METHODS=full,moba,nsa,ssa; SEEDS=0; STEPS=""; DATA=${2:-.data} ;;
   B) METHODS=full,ssa; SEEDS=1; STEPS=${2:?part B needs the step count printed by part A}; DATA=${3:-.data} ;;
-  *) echo "usage: study.sh A [DATA_DIR] | study.sh B STEPS [DATA_DIR]" >&2; exit 2 ;;
+  all) METHODS=full,moba,nsa,ssa; SEEDS="full=0,1 ssa=0,1 moba=0 nsa=0"; STEPS=""; DATA=${2:-.data} ;;
+  *) echo "usage: study.sh A [DATA_DIR] | study.sh B STEPS [DATA_DIR] | study.sh all [DATA_DIR]" >&2; exit 2 ;;
 esac
 OUT=${OUT:-/tmp/ssa_study}
 DEST=$OUT/study/part-$PART
@@ -41,7 +43,7 @@ timeout $(( LEFT + 15 )) python3 -m ssa.cli compare --preset study --methods $ME
   --set model.hidden_size=512 model.num_hidden_layers=8 model.num_attention_heads=8 model.num_key_value_heads=2 \
         model.block_size=16 model.block_count=16 data.seq_len=2048 train.micro_batch_size=16 train.grad_accum=1 \
         "data.source=$DATA/gutenberg/train.jsonl.gz" "data.tokenizer=gpt2:$DATA/tokenizer/gpt2" ${STUDY_EXTRA_SET:-} \
-  --time-budget $LEFT --eval-reserve 120 ${STEPS:+--steps $STEPS} \
+  --time-budget $LEFT --eval-reserve ${EVAL_RESERVE:-120} ${STEPS:+--steps $STEPS} \
   --block-counts 4,8,16,32,64 --eval-rows 64 --test-data "$DATA/gutenberg/test.jsonl.gz" \
   --attention-rows 4 --long-data "$DATA/gutenberg/test.jsonl.gz" --lengths 1,2,4 --extrapolation-docs 3 \
   --retrieval-multiples 0.5,1,2,4 --depths 0,0.5,1 --retrieval-samples 2 \
