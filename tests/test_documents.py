@@ -260,12 +260,14 @@ def test_block_table_numbers_every_document_grid():
     pytest.importorskip("ssa.ops.triton")
     from ssa.ops.triton import _documents
 
+    # The kernels run where the tensors live: CUDA natively, the CPU only under the interpreter.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     lengths, s = [5, 1, 0, 19, 8, 16], 8
-    cu = _cu(lengths)
+    cu = _cu(lengths).to(device)
     T = int(cu[-1])
     table = _documents.block_table(cu, T, s)
     starts, firsts, token_first, token_blocks = [], [], [], []
-    for a, L in zip(cu[:-1].tolist(), lengths):
+    for a, L in zip(cu[:-1].cpu().tolist(), lengths):
         first = len(starts)
         for c in range(-(-L // s)):
             starts.append(a + c * s)
@@ -280,4 +282,4 @@ def test_block_table_numbers_every_document_grid():
     idx = torch.randint(-1, 4, (1, T, 2, 3), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
     inside = (idx >= 0) & (idx < torch.tensor(token_blocks)[None, :, None, None])
     expected = torch.where(inside, idx + torch.tensor(token_first)[None, :, None, None], -1)
-    assert torch.equal(table.to_global(idx), expected.int())
+    assert torch.equal(table.to_global(idx.to(device)).cpu(), expected.int())

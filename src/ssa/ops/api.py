@@ -34,8 +34,19 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     check_backend(backend)
     if backend == "auto":
         return "triton" if x.is_cuda and _triton_module() is not None else "torch"
-    if backend == "triton" and _triton_module() is None:
-        raise ValueError("backend='triton' needs the `triton` package; install it or use backend='torch'")
+    if backend == "triton":
+        if _triton_module() is None:
+            raise ValueError("backend='triton' needs the `triton` package; install it or use backend='torch'")
+        from .triton._common import interpreting
+
+        # Checked here because Triton's own message for host tensors ("0 active drivers") names
+        # neither the argument nor the way out.
+        if not x.is_cuda and not interpreting():
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors, got tensors on {x.device}; use backend='torch' "
+                "(or 'auto'), or set TRITON_INTERPRET=1 before importing ssa to run the kernels in "
+                "Triton's CPU interpreter"
+            )
     return backend
 
 
