@@ -116,13 +116,112 @@ def test_parse_seeds():
             cmd.parse_seeds(bad, ["full", "ssa"])
 
 
-def test_size_steps_by_hand():
+def test_plan_steps_by_hand():
     # two groups in sequence: (slowest start-up 20 + 10) s, (0.5 + 0.25) s per step
     groups = [[{"overhead_s": 20, "step_s": 0.5}, {"overhead_s": 5, "step_s": 0.2}], [{"overhead_s": 10, "step_s": 0.25}]]
     # 600 - 50 elapsed - 100 reserve - 30 start-up = 420 s / 0.75 = 560 steps
-    assert cmd.size_steps(600, 50, 100, groups) == 560
-    assert cmd.size_steps(100, 50, 100, groups) == 0
+    plan = cmd.plan_steps(600, 50, 100, groups)
+    assert plan["steps"] == 560 and plan["startup_s"] == 30 and plan["step_s"] == 0.75
+    assert plan["train_s_planned"] == pytest.approx(30 + 560 * 0.75)
+    # a 30 s safety margin: 390 s / 0.75 = 520 steps
+    assert cmd.plan_steps(600, 50, 100, groups, safety_s=30)["steps"] == 520
+    assert cmd.plan_steps(100, 50, 100, groups)["steps"] == 0
     assert cmd.group_runs(["a", "b", "c"], 2) == [["a", "b"], ["c"]]
+
+
+def test_plan_of_one_concurrent_group_uses_the_budget():
+    # six runs sharing one GPU, steady step times measured together; the slowest sets the pace
+    probes = [{"overhead_s": o, "step_s": t} for o, t in
+              ((31, 0.61), (30, 0.60), (35, 0.72), (42, 0.95), (38, 0.80), (37, 0.79))]
+    budget = 545
+    safety = cmd.SAFETY_FRACTION * budget  # 27.25
+    # 545 - 60 elapsed - 163.5 reserve - 27.25 safety - 42 start-up = 252.25 s / 0.95 s = 265.5 -> 265
+    plan = cmd.plan_steps(budget, 60, 163.5, [probes], safety)
+    assert plan["steps"] == 265
+    # planned training ends inside the budget, and less than one step short of the time available
+    assert 0 <= plan["train_s_available"] + 42 - plan["train_s_planned"] < 0.95
+
+
+def test_probe_times_only_the_steps_after_the_warm_up():
+    # a fake step whose first calls are slow (compilation), on a fake clock it advances
+    now = [0.0]
+    costs = iter([9.0, 4.0, 0.5, 0.3, 0.7, 0.5, 0.5])
+
+    def step():
+        now[0] += next(costs)
+        return {}
+
+    res = cmd.probe_steps(step, warmup=2, timed=5, clock=lambda: now[0])
+    assert res["warmup_s"] == 13.0 and res["warmup_steps"] == 2
+    assert res["steady_s"] == pytest.approx(2.5) and res["step_s"] == pytest.approx(0.5)
+    assert res["step_s_max"] == pytest.approx(0.7) and res["extra_steps"] == 0
+
+
+def test_concurrent_probes_time_together(tmp_path):
+    # run b warms up slowly; run a must wait before timing and keep stepping until b is timed
+    import threading
+    import time
+
+    log = {"a": [], "b": []}
+
+    def stepper(name, warm_cost, cost):
+        def step():
+            time.sleep(warm_cost if len(log[name]) < 2 else cost)
+            log[name].append(time.time())
+            return {}
+        return step
+
+    results = {}
+
+    def probe(name, warm_cost, cost):
+        sync = cmd.GroupSync(tmp_path, name, 2, give_up=time.time() + 30)
+        results[name] = cmd.probe_steps(stepper(name, warm_cost, cost), warmup=2, timed=3, sync=sync)
+
+    threads = [threading.Thread(target=probe, args=("a", 0.001, 0.002)),
+               threading.Thread(target=probe, args=("b", 0.15, 0.02))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    b_warm_end, b_timed_end = log["b"][1], log["b"][4]
+    a_first_timed = log["a"][2]
+    assert a_first_timed > b_warm_end  # a's timed steps start after b is warm
+    assert results["a"]["extra_steps"] > 0 and log["a"][-1] >= b_timed_end  # a kept b company
+    assert results["b"]["step_s"] == pytest.approx(0.02, abs=0.015)
+
+
+def test_probe_job_warms_both_ssa_modes(tmp_path):
+    from ssa.model.objective import scheduled_mode
+    from ssa.training.config import resolve_config
+
+    # seed 0's own draw is full at both warm-up steps: the probe must force the sparse mode itself
+    assert [scheduled_mode(0.5, 0, s) for s in (0, 1)] == ["full", "full"]
+
+    cfg = resolve_config(MICRO, method="ssa", overrides=["train.max_steps=7", "train.mode_draw=step",
+                                                          "model.full_ratio=0.5"])
+    res = cmd.job_probe({"kind": "probe", "name": "ssa-s0", "config": cfg, "run_dir": str(tmp_path / "p")})
+    assert res["warmup_modes"] == ["full", "sparse"]
+    assert res["warmup_steps"] == cmd.PROBE_WARMUP and res["timed_steps"] == cmd.PROBE_TIMED
+    assert 0 < res["step_s"] <= res["step_s_max"] and res["overhead_s"] >= 0
+    assert res["wall_s"] >= res["warmup_s"] + res["steady_s"]
+
+
+def test_time_budget_records_the_probe_and_the_budget_used(tmp_path):
+    cfg = tmp_path / "micro.json"
+    cfg.write_text(json.dumps(MICRO))
+    out = tmp_path / "out"
+    rc = main(["compare", "--config", str(cfg), "--methods", "full", "--out", str(out), "--no-progress", "--no-plots",
+               "--sections", "perplexity", "--eval-rows", "1", "--block-counts", "1", "--time-budget", "600",
+               "--steps", "3"])
+    assert rc == 0
+    rec = json.loads((out / "compare.json").read_text())
+    probe = rec["probe"]["full-s0"]
+    assert probe["warmup_steps"] == cmd.PROBE_WARMUP and probe["timed_steps"] == cmd.PROBE_TIMED
+    assert probe["step_s"] == pytest.approx(probe["steady_s"] / cmd.PROBE_TIMED)
+    plan = rec["plan"]
+    assert plan["steps"] == int(plan["train_s_available"] // probe["step_s"]) >= 3 and rec["steps"] == 3
+    assert plan["safety_s"] == pytest.approx(cmd.SAFETY_FRACTION * 600) and plan["startup_s"] == probe["overhead_s"]
+    assert rec["budget_used"] == pytest.approx(rec["report_done_s"] / 600) and 0 < rec["budget_used"] < 1
 
 
 def test_bad_arguments_fail_before_anything_runs(tmp_path):

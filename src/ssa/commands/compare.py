@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +34,10 @@ SECTIONS = ("perplexity", "test", "attention", "extrapolation", "retrieval", "co
 DEFAULT_SECTIONS = ("perplexity", "test", "attention", "extrapolation", "retrieval")
 # Presets whose comparison defaults differ from the general ones.
 PRESET_DEFAULTS = {"demo": {"methods": ["full", "ssa"], "sections": ["copy", "perplexity"], "eval_rows": 16}}
-PROBE_WARMUP, PROBE_TIMED = 2, 4  # probe steps: the first ones pay for compilation and caches
+# Probe: untimed warm-up steps first (they pay for the CUDA context, Triton compilation and
+# autotuning; SSA's alternate full and sparse so both modes' kernels are built), then timed steps.
+PROBE_WARMUP, PROBE_TIMED = 2, 5
+SAFETY_FRACTION = 0.05  # of the budget, for what the probe does not see (jitter, the final validation and save)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -169,14 +173,18 @@ def eval_commands(args, sections: list[str], train_len: int, run_dir: str) -> li
     return [[run_dir] + c + common for c in cmds]
 
 
-def size_steps(budget_s: float, elapsed_s: float, reserve_s: float, groups: list[list[dict]]) -> int:
-    """Training steps that fit: groups train one after another; inside a group the runs share the
-    GPU, so a group takes its slowest run's start-up plus steps x its slowest step time (measured
-    while the group ran together)."""
+def plan_steps(budget_s: float, elapsed_s: float, reserve_s: float, groups: list[list[dict]],
+               safety_s: float = 0.0) -> dict:
+    """Training steps that fit, with the arithmetic behind them. Groups train one after another;
+    inside a group the runs share the GPU, so a group takes its slowest run's start-up
+    (`overhead_s`: process, CUDA context, compilation) plus steps x its slowest steady step time
+    (`step_s`, measured while the group ran together)."""
     overhead = sum(max(p["overhead_s"] for p in g) for g in groups)
     per_step = sum(max(p["step_s"] for p in g) for g in groups)
-    left = budget_s - elapsed_s - reserve_s - overhead
-    return int(left // per_step) if per_step > 0 and left > 0 else 0
+    left = budget_s - elapsed_s - reserve_s - safety_s - overhead
+    steps = int(left // per_step) if per_step > 0 and left > 0 else 0
+    return {"steps": steps, "train_s_available": left, "startup_s": overhead, "step_s": per_step,
+            "safety_s": safety_s, "train_s_planned": overhead + steps * per_step}
 
 
 def group_runs(names: list[str], parallel: int) -> list[list[str]]:
@@ -206,15 +214,92 @@ def job_train(job: dict) -> dict:
     if len(steps) >= 2:
         a, b = steps[0], steps[-1]  # the first logged step carries start-up and compilation
         out["tokens_per_s"] = (b["tokens"] - a["tokens"]) / max(b["elapsed_s"] - a["elapsed_s"], 1e-9)
-    if job.get("probe"):
-        timed = [m for m in steps if m["step"] > PROBE_WARMUP]
-        if len(timed) >= 2:
-            out["step_s"] = (timed[-1]["elapsed_s"] - timed[0]["elapsed_s"]) / (timed[-1]["step"] - timed[0]["step"])
-        else:
-            out["step_s"] = steps[-1]["elapsed_s"] / max(1, steps[-1]["step"])
-        out["overhead_s"] = max(0.0, out["wall_s"] - out["step_s"] * summary["step"])
     out["metrics"] = metrics
     return out
+
+
+def probe_steps(step, *, warmup: int, timed: int, sync=None, clock=time.perf_counter) -> dict:
+    """Time `timed` calls of `step()` after `warmup` untimed ones; the step time is their mean.
+
+    `sync` (a `GroupSync`) lines up the probes of one concurrent group: nobody starts timing before
+    every run is warm, and a run done early keeps stepping until every run has been timed, so all
+    timed steps share the GPU as the real training will."""
+    t0 = clock()
+    warm_records = [step() for _ in range(warmup)]
+    warm_end = clock()
+    if sync is not None:
+        sync.wait("warm")
+    times = []
+    for _ in range(timed):
+        t = clock()
+        step()
+        times.append(clock() - t)
+    extra = 0
+    if sync is not None:
+        sync.mark("timed")
+        while not sync.arrived("timed"):
+            step()
+            extra += 1
+    return {"warmup_steps": warmup, "warmup_s": warm_end - t0, "timed_steps": timed, "steady_s": sum(times),
+            "step_s": sum(times) / timed, "step_s_max": max(times), "extra_steps": extra,
+            "warm_end": warm_end, "warm_records": warm_records}
+
+
+class GroupSync:
+    """A barrier between the probe processes of one group, through marker files in a shared folder.
+    Gives up at `give_up` (a time.time()) so that a crashed sibling cannot hang the others."""
+
+    def __init__(self, folder, name: str, size: int, give_up: float):
+        self.folder, self.name, self.size, self.give_up = Path(folder), name, size, give_up
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def mark(self, stage: str) -> None:
+        (self.folder / f"{stage}.{self.name}").touch()
+
+    def arrived(self, stage: str) -> bool:
+        return len(list(self.folder.glob(f"{stage}.*"))) >= self.size or time.time() > self.give_up
+
+    def wait(self, stage: str) -> None:
+        self.mark(stage)
+        while not self.arrived(stage):
+            time.sleep(0.02)
+
+
+def job_probe(job: dict) -> dict:
+    """Warm up, then time steady training steps of one run (no validation, no checkpoint).
+    SSA's warm-up steps are forced to full then sparse mode, so each mode has run before timing."""
+    import torch
+
+    from ssa.training import distributed as dist
+    from ssa.training.config import TrainSpec
+    from ssa.training.trainer import Trainer
+
+    forced = ("full", "sparse")  # PROBE_WARMUP >= 2
+
+    class WarmupTrainer(Trainer):
+        def mode_for(self, micro_batch: int):
+            mode = super().mode_for(micro_batch)
+            return mode if mode is None or self.step >= len(forced) else forced[self.step]
+
+    started = job.get("spawned_at") or time.time()
+    cfg = job["config"]
+    spec = TrainSpec(**cfg["train"])
+    info = dist.env_info()
+    device = dist.pick_device(spec.device, info)
+    if device.type == "cpu":
+        torch.set_num_threads(spec.num_threads or max(1, os.cpu_count() or 1))
+    trainer = WarmupTrainer(cfg, job["run_dir"], info=info, device=device, progress=False).build()
+    trainer.prepare_run_dir()
+    sync = None
+    if job.get("group_size", 1) > 1:
+        give_up = job.get("deadline") or time.time() + 600
+        sync = GroupSync(job["sync_dir"], job["name"], job["group_size"], give_up)
+    res = probe_steps(trainer.train_step, warmup=PROBE_WARMUP, timed=PROBE_TIMED, sync=sync, clock=time.time)
+    modes = sorted({m for r in res.pop("warm_records") for m in r["attention_modes"]})
+    # What a real run pays before its steady steps: start to warm, less the warm-up steps' steady cost.
+    overhead = max(0.0, res.pop("warm_end") - started - res["warmup_steps"] * res["step_s"])
+    return {**res, "warmup_modes": modes, "overhead_s": overhead, "wall_s": time.time() - started,
+            "peak_memory_bytes": _peak_memory()}
 
 
 def job_eval(job: dict) -> dict:
@@ -270,7 +355,8 @@ def _update_result(path, fields: dict) -> None:
 
 
 def run_job(job: dict) -> dict:
-    out = job_train(job) if job["kind"] in ("train", "probe") else job_eval(job)
+    run = {"train": job_train, "probe": job_probe, "eval": job_eval}[job["kind"]]
+    out = run(job)
     if job.get("report"):
         from ssa.evaluation.compare import write_json
 
@@ -282,6 +368,7 @@ def _spawn(job: dict, tmp: Path) -> subprocess.Popen:
     """A child process for one job (same GPU: CUDA_VISIBLE_DEVICES is inherited)."""
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"{job['kind']}-{job['name']}.json"
+    job = {**job, "spawned_at": time.time()}  # the probe counts the child's start-up as overhead
     path.write_text(json.dumps(job), encoding="utf-8")
     log = open(tmp / f"{job['kind']}-{job['name']}.log", "w")
     env = dict(os.environ)
@@ -433,18 +520,23 @@ def run(args) -> int:
         # Probe in the same groups as training, so concurrent step times are measured as they will be.
         groups = group_runs(names, parallel)
         probes: dict[str, dict] = {}
-        for g in groups:
-            jobs = [{"kind": "probe", "name": n, "config": probe_cfgs[n], "probe": True,
-                     "run_dir": str(out / ".probe" / n), "report": str(tmp / f"probe-{n}.out.json")} for n in g]
+        for gi, g in enumerate(groups):
+            shutil.rmtree(tmp / f"probe-sync-{gi}", ignore_errors=True)  # no markers of an earlier call
+            jobs = [{"kind": "probe", "name": n, "config": probe_cfgs[n], "run_dir": str(out / ".probe" / n),
+                     "group_size": len(g), "sync_dir": str(tmp / f"probe-sync-{gi}"), "deadline": deadline,
+                     "report": str(tmp / f"probe-{n}.out.json")} for n in g]
             for n, res in zip(g, run_jobs(jobs, len(g), tmp, deadline)):
                 if res is None:
                     raise CommandError(f"the throughput probe of {n} failed; see {tmp}")
-                probes[n] = {k: res[k] for k in ("step_s", "overhead_s", "wall_s", "peak_memory_bytes")}
+                probes[n] = res
         if device_type == "cuda" and args.parallel == "auto":
             parallel = _fit_parallel(names, probes)
             groups = group_runs(names, parallel)
-        steps = size_steps(args.time_budget, time.time() - t_start, reserve, [[probes[n] for n in g] for g in groups])
-        record.update(probe=probes, eval_reserve_s=reserve, parallel=parallel, steps=steps)
+        safety = SAFETY_FRACTION * args.time_budget
+        plan = plan_steps(args.time_budget, time.time() - t_start, reserve, [[probes[n] for n in g] for g in groups],
+                          safety)
+        steps = plan["steps"]
+        record.update(probe=probes, plan=plan, eval_reserve_s=reserve, parallel=parallel, steps=steps)
         if steps < 10 or (args.steps is not None and steps < args.steps):
             write_json(out / "compare.json", record)
             want = f"--steps {args.steps}" if args.steps is not None else "10 steps at least"
@@ -456,8 +548,6 @@ def run(args) -> int:
         for cfg in configs.values():
             cfg["train"]["max_steps"] = cfg["train"]["eval_every"] = cfg["train"]["save_every"] = steps
             cfg["train"]["warmup_steps"] = min(cfg["train"]["warmup_steps"], steps // 10)
-        import shutil
-
         shutil.rmtree(out / ".probe", ignore_errors=True)
     tokens = first["train"]["max_steps"] * first["train"]["micro_batch_size"] * first["train"]["grad_accum"] * train_len
     record.update(steps=first["train"]["max_steps"], tokens_per_run=tokens)
@@ -498,6 +588,8 @@ def run(args) -> int:
         raise CommandError(f"no run finished training; logs in {tmp}")
     analysis = write_report([out], out / "report", plots=not args.no_plots)
     record["report_done_s"] = time.time() - t_start
+    if args.time_budget is not None:  # runs that finish early leave time over: say how much was used
+        record["budget_used"] = record["report_done_s"] / args.time_budget
     write_json(out / "compare.json", record)
     _print_summary(analysis, out / "report")
     if preset == "demo" or "copy" in sections:
