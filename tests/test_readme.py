@@ -41,7 +41,8 @@ def run(code: str) -> dict:
 
 
 def test_every_snippet_is_covered():
-    markers = ("from ssa.ops import", "from ssa.model import SSAConfig", "AutoModelForCausalLM.from_pretrained")
+    markers = ("from ssa.ops import", "from ssa.model import SSAConfig", "AutoModelForCausalLM.from_pretrained",
+               "from ssa.generation import greedy_generate")
     assert all(any(m in s for m in markers) for s in python_snippets())
 
 
@@ -76,3 +77,23 @@ def test_auto_class_snippet(tmp_path, monkeypatch, capsys):
     ns = run(snippet("AutoModelForCausalLM.from_pretrained"))
     assert ns["out"].shape == (1, ns["ids"].shape[1] + 40)
     assert capsys.readouterr().out.startswith("The code for")
+
+
+def test_fast_generation_snippet(tmp_path, monkeypatch):
+    # The GPU snippet continues the Auto-class snippet (same `model` and `ids`); on CPU it runs
+    # without the device move, and its greedy tokens must equal transformers' greedy `generate`.
+    from ssa.model import SSAConfig, SSAForCausalLM
+    from ssa.training.tokenizer import byte_tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    SSAForCausalLM(SSAConfig(vocab_size=257, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             block_size=4, block_count=2)).save_pretrained("tiny-ssa-hf")
+    byte_tokenizer().save_pretrained("tiny-ssa-hf")
+    ns = run(snippet("AutoModelForCausalLM.from_pretrained").replace("print(", "len("))
+    code = shrink(snippet("from ssa.generation import greedy_generate"), {
+        "model = model.cuda().bfloat16()": "model = model", "ids.cuda()": "ids", "max_new_tokens=256": "max_new_tokens=24"})
+    exec(compile(code, str(README), "exec"), ns)
+    model, ids, out = ns["model"], ns["ids"], ns["out"]
+    want = model.generate(ids, max_new_tokens=24, do_sample=False, attention_mode="sparse", block_count=16)
+    assert torch.equal(out, want)
