@@ -12,14 +12,15 @@ from ssa.training.synthetic import COPY_ALPHABET, CopySpec, copy_document, copy_
 from ssa.training.tokenizer import build_tokenizer
 
 
-@pytest.mark.parametrize("spec", [CopySpec(), CopySpec(segment_min=1, segment_max=3, min_gap=5, max_gap=5)])
+@pytest.mark.parametrize("spec", [CopySpec(), CopySpec(segment_min=1, segment_max=3, min_gap=5, max_gap=5),
+                                  CopySpec(segment_min=8, segment_max=9, min_gap=0, max_gap=0, alphabet=3)])
 def test_copy_documents_repeat_their_segment_beyond_the_gap(spec):
     rng = random.Random(0)
     for _ in range(50):
         doc = copy_document(rng, spec)
         first_end = doc.index("]")
         seg = doc[1:first_end]
-        assert spec.segment_min <= len(seg) <= spec.segment_max and set(seg) <= set(COPY_ALPHABET)
+        assert spec.segment_min <= len(seg) <= spec.segment_max and set(seg) <= set(COPY_ALPHABET[:spec.alphabet])
         assert doc.endswith(f"[{seg}]")
         second = len(doc) - len(seg) - 2
         assert second - (first_end + 1) >= spec.min_gap  # filler of at least min_gap bytes between them
@@ -41,6 +42,11 @@ def test_copy_source_in_the_data_pipeline():
         DataSpec.from_dict({"source": "synthetic-copy", "synthetic": {"keys": "letters"}})
     with pytest.raises(ValueError, match="max_gap"):
         DataSpec.from_dict({"source": "synthetic-copy", "synthetic": {"min_gap": 9, "max_gap": 8}})
+    for bad in (1, len(COPY_ALPHABET) + 1, 2.0, True):
+        with pytest.raises(ValueError, match="data.synthetic.alphabet"):
+            DataSpec.from_dict({"source": "synthetic-copy", "synthetic": {"alphabet": bad}})
+    with pytest.raises(ValueError, match="data.synthetic.min_gap"):
+        DataSpec.from_dict({"source": "synthetic-copy", "synthetic": {"min_gap": -1}})
 
 
 def test_copy_rows_mask_exactly_the_repeats():

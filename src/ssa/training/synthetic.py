@@ -159,12 +159,17 @@ class CopySpec:
     segment_max: int = 32
     min_gap: int = 96
     max_gap: int = 192
+    alphabet: int = len(COPY_ALPHABET)  # segment symbols: the first `alphabet` of COPY_ALPHABET
 
     def validate(self) -> None:
         for name in ("segment_min", "segment_max", "min_gap", "max_gap"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"data.synthetic.{name} must be a positive integer, got {v!r}")
+            low = 0 if name.endswith("gap") else 1  # gap 0: the repeat follows at once, no filler
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise ValueError(f"data.synthetic.{name} must be an integer >= {low}, got {v!r}")
+        a = self.alphabet
+        if not isinstance(a, int) or isinstance(a, bool) or not 2 <= a <= len(COPY_ALPHABET):
+            raise ValueError(f"data.synthetic.alphabet must be an integer in [2, {len(COPY_ALPHABET)}], got {a!r}")
         if self.segment_max < self.segment_min:
             raise ValueError(f"data.synthetic.segment_max ({self.segment_max}) must be >= segment_min ({self.segment_min})")
         if self.max_gap < self.min_gap:
@@ -173,7 +178,8 @@ class CopySpec:
 
 def copy_document(rng: random.Random, spec: CopySpec) -> str:
     """`[SEG] filler [SEG]`: the second SEG starts at least `min_gap` bytes after the first ends."""
-    seg = "".join(rng.choice(COPY_ALPHABET) for _ in range(rng.randint(spec.segment_min, spec.segment_max)))
+    symbols = COPY_ALPHABET[: spec.alphabet]
+    seg = "".join(rng.choice(symbols) for _ in range(rng.randint(spec.segment_min, spec.segment_max)))
     gap_target = rng.randint(spec.min_gap, spec.max_gap)
     filler = ""
     while len(filler) < gap_target:
