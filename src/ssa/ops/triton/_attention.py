@@ -30,11 +30,10 @@ from ._common import LOG2E, interpreting, mma, next_pow2
 # for a little more atomic traffic (s * D floats per item).
 SEG = 128
 
-# How the inverted index is built: "fused" (default since H100 run 3: the dq kernel counts, then one
-# scan and one scatter+items kernel; dk and dv share one zero-filled buffer), "triton" (count /
-# scatter / items kernels in `_index.py`) or "torch" (sort + searchsorted, ~35 PyTorch ops; the
-# default of runs 1-2). Run 3, sparse bwd 8k: torch 1.85 ms, triton 0.66, fused 0.75; 64k: 2.41,
-# 2.35, 2.26 (benchmarks/RESULTS.md).
+# How the inverted index is built: "fused" (default: the dq kernel counts, then one scan and one
+# scatter+items kernel, and dk and dv share one zero-filled buffer, so the index costs no pass of
+# its own), "triton" (count / scatter / items kernels in `_index.py`) or "torch" (sort +
+# searchsorted, ~35 PyTorch ops: simplest, and the slowest at long lengths; benchmarks/RESULTS.md).
 INDEX_BUILD = "fused"
 
 

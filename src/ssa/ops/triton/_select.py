@@ -429,10 +429,10 @@ def block_keys_and_bound(k: torch.Tensor, block_size: int, nsplit: int, factor: 
 # Top-k maintenance: False = threshold insertion (default), True = bitonic sort-merge per tile.
 MERGE_BY_SORT = False
 # Kernel version: "v3" (default) or "v1" (the first kernel: online max in pass 1, every tile masked,
-# int64 keys for the whole tile). H100 run 5 (benchmarks/RESULTS.md), selection ms at 8k / 32k / 64k /
-# 128k: v1 0.385 / 2.11 / 6.72 / 22.28; v3 with the settings below 0.186 / 1.57 / 5.10 / 17.31.
-# (A version 2, concatenated key parts with an MMA group sum, was slower than v3 at every length and
-# was removed; its measurements are in RESULTS.md, runs 3 and 5.)
+# int64 keys for the whole tile). v1 stays as the plain form of the algorithm that v3 must equal; v3
+# is the default because it does less integer work per tile, which is what limits this kernel
+# (benchmarks/RESULTS.md has the timings). A version with concatenated key parts and an MMA group
+# sum was slower than v3 at every length and was removed.
 KERNEL = "v3"
 FIXED_SHIFT = True  # v3: pass-1 shift from the Cauchy-Schwarz bound (else the online max)
 FLOAT_INSERT = True  # v3: top-k insertion on float32 scores, int64 keys only for the entries inserted
@@ -444,7 +444,7 @@ MAXNREG = 128  # v3: register cap per thread (4 programs of 4 warps per SM); dro
 ROWS = 128
 BLOCK_TILE = 32
 NUM_WARPS = 4
-NUM_STAGES = 3  # v3: software-pipelining depth of the block-key loads (3: -1.7% at 128k, run 5)
+NUM_STAGES = 3  # v3: software-pipelining depth of the block-key loads (hides their latency at long T)
 
 
 def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int, scale: float,
