@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
+from ssa.commands.bench import add_shape_arguments
 from ssa import ops
 from ssa.ops import dense, reference
 
@@ -74,12 +75,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768])
     ap.add_argument("--mean-doc", type=int, default=2048)
-    ap.add_argument("--q-heads", type=int, default=16)
-    ap.add_argument("--kv-heads", type=int, default=1)
-    ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument("--block-count", type=int, default=16)
-    ap.add_argument("--rep-ms", type=int, default=60)
+    add_shape_arguments(ap, rep_ms=60)
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--deadline-s", type=float, default=1e9, help="skip the remaining parts after this many seconds")
     a = ap.parse_args()

@@ -22,22 +22,27 @@ import torch
 from ..cli import CommandError
 
 
+def add_shape_arguments(p, rep_ms: int) -> None:
+    """The attention shape (the 300m preset's by default) and timing budget of the kernel benchmarks."""
+    p.add_argument("--q-heads", type=int, default=16)
+    p.add_argument("--kv-heads", type=int, default=1)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--block-count", type=int, default=16)
+    p.add_argument("--rep-ms", type=int, default=rep_ms, help="do_bench repetition budget per measurement")
+
+
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="bench", metavar="WHAT", required=True)
     a = sub.add_parser("attention", help="selection / sparse attention kernels vs SDPA and FlexAttention")
     a.add_argument("--seq-lens", default="4096,8192,16384,32768,65536,131072",
                    help="comma-separated sequence lengths (default: 4k..128k)")
     a.add_argument("--batch", type=int, default=1)
-    a.add_argument("--q-heads", type=int, default=16)
-    a.add_argument("--kv-heads", type=int, default=1)
-    a.add_argument("--head-dim", type=int, default=64)
-    a.add_argument("--block-size", type=int, default=16)
-    a.add_argument("--block-count", type=int, default=16)
+    add_shape_arguments(a, rep_ms=200)
     a.add_argument("--dtype", choices=("bfloat16", "float16"), default="bfloat16")
     a.add_argument("--flex-max-len", type=int, default=16384,
                    help="run the FlexAttention baseline up to this length (0: never); it needs a "
                         "[T, T/s] selection map and compiles once per shape")
-    a.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition budget per measurement")
     a.add_argument("--forward-only", action="store_true",
                    help="time selection and the forward only (no backward, peak memory or FlexAttention)")
     a.add_argument("--json", default=None, help="also write the results to this JSON file")

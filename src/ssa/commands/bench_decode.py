@@ -21,15 +21,12 @@ import torch
 
 
 def add_arguments(sub) -> None:
+    from .bench import add_shape_arguments
+
     d = sub.add_parser("decode", help="sparse vs dense decoding: per-layer attention and greedy tokens/s (CUDA graphs)")
     d.add_argument("--contexts", default="8192,32768,131072", help="per-layer attention: context lengths")
     d.add_argument("--batches", default="1,8", help="batch sizes (both parts)")
-    d.add_argument("--q-heads", type=int, default=16)
-    d.add_argument("--kv-heads", type=int, default=1)
-    d.add_argument("--head-dim", type=int, default=64)
-    d.add_argument("--block-size", type=int, default=16)
-    d.add_argument("--block-count", type=int, default=16)
-    d.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition budget per measurement")
+    add_shape_arguments(d, rep_ms=100)
     d.add_argument("--preset", default="300m", help="generate part: model shape preset (configs/NAME.json)")
     d.add_argument("--gen-contexts", default="32768,131072", help="generate part: prompt lengths ('' to skip)")
     d.add_argument("--new-tokens", type=int, default=32, help="generate part: timed decode steps per run")
