@@ -31,7 +31,7 @@ RESUME_MAY_CHANGE = frozenset({
         "log_every", "eval_every", "eval_batches", "save_every", "keep_checkpoints", "device", "dtype",
         "num_threads", "ddp_find_unused_parameters", "on_nonfinite",
         # how the same computation is laid out: a sharded checkpoint resumes under ddp or fsdp
-        "parallel", "compile", "activation_checkpointing", "peak_tflops",
+        "parallel", "compile", "compile_backend", "activation_checkpointing", "peak_tflops",
     )),
 })
 
@@ -74,6 +74,9 @@ class TrainSpec:
     on_nonfinite: str = "stop"
     parallel: str = "ddp"  # data parallelism under torchrun: ddp or fsdp (FSDP2, sharded state)
     compile: bool = False  # torch.compile each decoder block
+    # torch.compile backend of train.compile: "inductor" (generated kernels, the fast one) or any
+    # other registered backend, e.g. "aot_eager" (traces and runs autograd ahead, no code generation).
+    compile_backend: str = "inductor"
     activation_checkpointing: bool = False  # recompute block activations in backward
     mode_draw: str = "micro_batch"  # SSA mode: one draw per micro_batch (official code) or per step
     peak_tflops: float | None = None  # MFU denominator per device (default: a table by GPU name)
@@ -124,9 +127,17 @@ class TrainSpec:
         for name in ("compile", "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
+        self._check_compile_backend()
         if self.peak_tflops is not None and (isinstance(self.peak_tflops, bool)
                                              or not isinstance(self.peak_tflops, (int, float)) or self.peak_tflops <= 0):
             raise ValueError(f"train.peak_tflops must be a number > 0 or null, got {self.peak_tflops!r}")
+
+    def _check_compile_backend(self) -> None:
+        # Only the type here (no torch import while reading a config); the trainer checks the name
+        # against torch's registered backends before it builds anything (distributed.apply_compile).
+        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+            raise ValueError(f"train.compile_backend must be the name of a torch.compile backend, "
+                             f"got {self.compile_backend!r}")
 
 
 def preset_dirs() -> list[Path]:

@@ -120,12 +120,18 @@ def apply_activation_checkpointing(model) -> None:
     model.model.gradient_checkpointing = True
 
 
-def apply_compile(model) -> None:
+def apply_compile(model, backend: str = "inductor") -> None:
     """`torch.compile` each decoder block in place (parameter names do not change). The Triton
     kernels are custom ops with fake kernels, so the graph holds them as single nodes. Blocks, not
-    the whole model: one graph serves every layer, and the chunked loss and mode plan stay eager."""
+    the whole model: one graph serves every layer, and the chunked loss and mode plan stay eager.
+    `backend` is torch.compile's (`train.compile_backend`)."""
+    import torch
+
+    known = torch.compiler.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ValueError(f"train.compile_backend must be one of {', '.join(sorted(known))}; got {backend!r}")
     for layer in model.model.layers:
-        layer.compile(dynamic=False)
+        layer.compile(dynamic=False, backend=backend)
 
 
 def wrap_model(model, info: DistInfo, device, find_unused: bool = False, parallel: str = "ddp", param_dtype=None):

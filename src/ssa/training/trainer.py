@@ -284,7 +284,7 @@ class Trainer:
         if self.spec.activation_checkpointing:
             dist.apply_activation_checkpointing(model)
         if self.spec.compile:
-            dist.apply_compile(model)
+            dist.apply_compile(model, self.spec.compile_backend)
         return dist.wrap_model(model, self.info, self.device, self.spec.ddp_find_unused_parameters,
                                parallel=self.spec.parallel, param_dtype=self.amp_dtype)
 
