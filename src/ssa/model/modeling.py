@@ -20,7 +20,7 @@ from ..ops import decode as decode_ops
 from .cache import CacheStep, SSACache
 from .config import SSAConfig, check_inference_settings
 from .loss import IGNORE_INDEX, linear_cross_entropy
-from .objective import alignment_loss, draw_mode
+from .objective import alignment_loss, draw_mode, gated_alignment
 from .rope import RotaryEmbedding, apply_rope
 
 
@@ -121,12 +121,14 @@ class GatedAttention(nn.Module):
                 q, k, v, plan.block_size, plan.block_count, indices, self.scale, backend=backend, cu_seqlens=cu,
                 check_indices=False,  # our own selection: valid by construction, no device sync per layer
             )
-        gated = {name: gate * o for name, o in raw.items()}
-        align = None
-        if plan.align:
-            pair = gated if cfg.align_on == "gated" else raw
-            align = alignment_loss(pair["full"], pair["sparse"], cfg.align_direction, cfg.align_loss, backend=cfg.backend)
-        return gated[plan.mode], align, indices
+        if not plan.align:
+            return gate * raw[plan.mode], None, indices
+        if cfg.align_on == "gated":  # both gate products and the alignment in one op
+            out, align = gated_alignment(raw["full"], raw["sparse"], gate, plan.mode, cfg.align_direction,
+                                         cfg.align_loss, backend=backend)
+            return out, align, indices
+        align = alignment_loss(raw["full"], raw["sparse"], cfg.align_direction, cfg.align_loss, backend=backend)
+        return gate * raw[plan.mode], align, indices
 
     def _attend_cached(self, q, k, v, gates, plan, cache: SSACache, step: CacheStep):
         """An empty cache runs the plan's mode over the new tokens; later passes (one token, or a

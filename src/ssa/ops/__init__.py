@@ -8,6 +8,7 @@ from .api import (
     block_sparse_attention,
     compressed_attention,
     full_attention,
+    gated_alignment,
     resolve_backend,
     select_blocks,
     sliding_window_attention,
@@ -20,5 +21,6 @@ __all__ = [
     "compressed_attention",
     "sliding_window_attention",
     "alignment_loss",
+    "gated_alignment",
     "resolve_backend",
 ]

@@ -184,3 +184,27 @@ def alignment_loss(o_full, o_sparse, direction: str = "both", kind: str = "smoot
     """
     _check_alignment_args(o_full, o_sparse, direction, kind)
     return _implementation("alignment_loss", backend, o_full)(o_full, o_sparse, direction, kind)
+
+
+def gated_alignment(o_full, o_sparse, gate, mode: str, direction: str = "both", kind: str = "smooth_l1",
+                    backend: str = "auto"):
+    """A layer's gated output and the alignment of its gated streams, in one pass (docs/design.md §1.3).
+
+    Returns (gate * o_mode, alignment_loss(gate * o_full, gate * o_sparse, direction, kind)) with
+    o_mode the `mode` stream ("full" or "sparse"); gradients reach o_full, o_sparse and gate as
+    through that composition. o_full and o_sparse are [B, T, H, D], `gate` is [B, T, H, 1] (one
+    scalar per token and head); all three share dtype and device. On the GPU the gate products, the
+    alignment and their gradients take one kernel each way instead of a dozen elementwise passes.
+    """
+    _check_alignment_args(o_full, o_sparse, direction, kind)
+    if not isinstance(gate, torch.Tensor):
+        raise TypeError(f"gate must be a torch.Tensor, got {type(gate).__name__}")
+    if o_full.dim() != 4 or tuple(gate.shape) != (*o_full.shape[:3], 1):
+        raise ValueError(f"o_full must be [B, T, H, D] and gate [B, T, H, 1]; got o_full {tuple(o_full.shape)}, "
+                         f"gate {tuple(gate.shape)}")
+    if gate.dtype != o_full.dtype or gate.device != o_full.device:
+        raise TypeError(f"gate ({gate.dtype}, {gate.device}) must share dtype and device with o_full "
+                        f"({o_full.dtype}, {o_full.device})")
+    if mode not in ("full", "sparse"):
+        raise ValueError(f"mode must be 'full' or 'sparse', got {mode!r}")
+    return _implementation("gated_alignment", backend, o_full)(o_full, o_sparse, gate, mode, direction, kind)

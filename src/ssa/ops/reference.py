@@ -279,3 +279,10 @@ def alignment_loss(o_full, o_sparse, direction: str, kind: str):
     if direction in ("both", "commitment"):
         loss = loss + distance(o_full.detach(), o_sparse)
     return loss
+
+
+def gated_alignment(o_full, o_sparse, gate, mode: str, direction: str, kind: str):
+    """(gate * o_mode, alignment_loss(gate * o_full, gate * o_sparse, direction, kind)): one layer's
+    gated output for `mode` ("full" or "sparse") and the alignment of its two gated streams."""
+    gated_full, gated_sparse = gate * o_full, gate * o_sparse
+    return (gated_full if mode == "full" else gated_sparse), alignment_loss(gated_full, gated_sparse, direction, kind)

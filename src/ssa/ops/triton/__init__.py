@@ -17,7 +17,7 @@ from ._interpreter_compat import apply as _apply_interpreter_compat  # noqa: E40
 
 _apply_interpreter_compat()
 
-from ._align import alignment_loss  # noqa: E402
+from ._align import alignment_loss, gated_alignment  # noqa: E402
 from .ops import (  # noqa: E402
     block_sparse_attention,
     compressed_attention,
@@ -26,4 +26,4 @@ from .ops import (  # noqa: E402
 )
 
 __all__ = ["select_blocks", "block_sparse_attention", "compressed_attention", "sliding_window_attention",
-           "alignment_loss"]
+           "alignment_loss", "gated_alignment"]

@@ -139,3 +139,209 @@ def alignment_loss(o_full: torch.Tensor, o_sparse: torch.Tensor, direction: str,
     if direction == "commitment":
         return _AlignmentLoss.apply(o_full.detach(), o_sparse, kind, 1)
     return _AlignmentLoss.apply(o_full, o_sparse, kind, 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# The gate products folded into the alignment: one kernel forward, one backward.
+#
+# In SSA training with `align_on="gated"` every layer computes o_full and o_sparse, multiplies each
+# by the head-wise gate g [B, T, H, 1], aligns the two products and passes the mode's product on.
+# Unfused that is two multiplies, the alignment, and backward the alignment gradient, one add into
+# the mode's gradient, and for each stream a multiply by g and a multiply-and-sum for g's gradient,
+# plus one more add for g: about a dozen launches and as many passes over [B, T, H, d] tensors. Here
+# the forward reads o_full, o_sparse and g once and writes the mode's product and the partial sums;
+# the backward reads them and the output gradient once and writes all three gradients.
+#
+# A program owns ROWS (b, t, h) rows of d elements, so the gate gradient (a sum over d) stays inside
+# it. Inputs come with any strides (SDPA's output is a transposed view); what the kernels write is
+# contiguous [B, T, H, d].
+@triton.jit
+def _row_offsets(r, T, H, s0, s1, s2):
+    """Element offset of row r = (b * T + t) * H + h for a tensor with strides (s0, s1, s2, .)."""
+    b = r // (T * H)
+    rem = r % (T * H)
+    return b * s0 + (rem // H) * s1 + (rem % H) * s2
+
+
+@triton.jit
+def _gated_align_fwd_kernel(
+    a_ptr, b_ptr, g_ptr, out_ptr, partial_ptr, R, T, H, D,
+    sa0, sa1, sa2, sa3, sb0, sb1, sb2, sb3, sg0, sg1, sg2,
+    OUT_FULL: tl.constexpr, SQUARED: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    r = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    d = tl.arange(0, BLOCK_D)
+    rmask = r < R
+    mask = rmask[:, None] & (d < D)[None, :]
+    a = tl.load(a_ptr + (_row_offsets(r, T, H, sa0, sa1, sa2)[:, None] + d[None, :] * sa3), mask=mask, other=0.0)
+    b = tl.load(b_ptr + (_row_offsets(r, T, H, sb0, sb1, sb2)[:, None] + d[None, :] * sb3), mask=mask, other=0.0)
+    g = tl.load(g_ptr + _row_offsets(r, T, H, sg0, sg1, sg2), mask=rmask, other=0.0).to(tl.float32)[:, None]
+    # Each product rounded to the input dtype, as `g * o` gives it unfused: the stream passed on is
+    # bit for bit the unfused one, and the distance sees the same operands.
+    ga = (a.to(tl.float32) * g).to(a.dtype)
+    gb = (b.to(tl.float32) * g).to(b.dtype)
+    out = ga if OUT_FULL else gb
+    tl.store(out_ptr + (r[:, None] * D + d[None, :]), out, mask=mask)
+    diff = ga.to(tl.float32) - gb.to(tl.float32)
+    if SQUARED:
+        e = diff * diff
+    else:
+        z = tl.abs(diff)
+        e = tl.where(z < 1.0, 0.5 * z * z, z - 0.5)
+    tl.store(partial_ptr + pid, tl.sum(tl.sum(e, axis=1), axis=0))  # masked lanes add exactly 0
+
+
+@triton.jit
+def _gated_align_bwd_kernel(
+    a_ptr, b_ptr, g_ptr, do_ptr, gl_ptr, da_ptr, db_ptr, dg_ptr, R, T, H, D, coef,
+    sa0, sa1, sa2, sa3, sb0, sb1, sb2, sb3, sg0, sg1, sg2, so0, so1, so2, so3,
+    OUT_FULL: tl.constexpr, HAS_DO: tl.constexpr, ALIGN_A: tl.constexpr, ALIGN_B: tl.constexpr,
+    SQUARED: tl.constexpr, WRITE_A: tl.constexpr, WRITE_B: tl.constexpr, WRITE_G: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    r = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    d = tl.arange(0, BLOCK_D)
+    rmask = r < R
+    mask = rmask[:, None] & (d < D)[None, :]
+    a = tl.load(a_ptr + (_row_offsets(r, T, H, sa0, sa1, sa2)[:, None] + d[None, :] * sa3), mask=mask, other=0.0)
+    b = tl.load(b_ptr + (_row_offsets(r, T, H, sb0, sb1, sb2)[:, None] + d[None, :] * sb3), mask=mask, other=0.0)
+    g = tl.load(g_ptr + _row_offsets(r, T, H, sg0, sg1, sg2), mask=rmask, other=0.0).to(tl.float32)[:, None]
+    af, bf = a.to(tl.float32), b.to(tl.float32)
+    diff = (af * g).to(a.dtype).to(tl.float32) - (bf * g).to(b.dtype).to(tl.float32)
+    if SQUARED:
+        slope = diff
+    else:  # PyTorch's smooth_l1 backward branches (a NaN difference stays NaN)
+        slope = tl.where(diff > 1.0, 1.0, tl.where(diff < -1.0, -1.0, diff))
+    slope = slope * (tl.load(gl_ptr) * coef)
+    # Gradients of the two gated products: each alignment term reaches one side, and the output
+    # gradient reaches the mode's side.
+    dga = slope if ALIGN_A else tl.zeros_like(slope)
+    dgb = -slope if ALIGN_B else tl.zeros_like(slope)
+    if HAS_DO:
+        do = tl.load(do_ptr + (_row_offsets(r, T, H, so0, so1, so2)[:, None] + d[None, :] * so3),
+                     mask=mask, other=0.0).to(tl.float32)
+        if OUT_FULL:
+            dga += do
+        else:
+            dgb += do
+    offs = r[:, None] * D + d[None, :]
+    if WRITE_A:
+        tl.store(da_ptr + offs, (dga * g).to(da_ptr.dtype.element_ty), mask=mask)
+    if WRITE_B:
+        tl.store(db_ptr + offs, (dgb * g).to(db_ptr.dtype.element_ty), mask=mask)
+    if WRITE_G:
+        dg = tl.sum(dga * af + dgb * bf, axis=1)
+        tl.store(dg_ptr + r, dg.to(dg_ptr.dtype.element_ty), mask=rmask)
+
+
+def _gated_tiles(D: int) -> tuple[int, int]:
+    """(ROWS, BLOCK_D): whole rows of d per program, about BLOCK elements per program."""
+    block_d = 1 << max(0, (D - 1).bit_length())
+    return max(1, BLOCK // block_d), block_d
+
+
+def _gate_strides(gate):
+    return gate.stride(0), gate.stride(1), gate.stride(2)
+
+
+@torch.library.custom_op("ssa::gated_alignment_fwd_triton", mutates_args=())
+def _gated_fwd_op(o_full: torch.Tensor, o_sparse: torch.Tensor, gate: torch.Tensor, out_full: bool,
+                  align_full: bool, align_sparse: bool, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    B, T, H, D = o_full.shape
+    R = B * T * H
+    rows, block_d = _gated_tiles(D)
+    programs = triton.cdiv(R, rows)
+    out = torch.empty((B, T, H, D), device=o_full.device, dtype=o_full.dtype)
+    partials = torch.empty(programs, device=o_full.device, dtype=torch.float32)
+    if programs:
+        _gated_align_fwd_kernel[(programs,)](
+            o_full, o_sparse, gate, out, partials, R, T, H, D, *o_full.stride(), *o_sparse.stride(),
+            *_gate_strides(gate), OUT_FULL=out_full, SQUARED=_squared(kind), ROWS=rows, BLOCK_D=block_d,
+            num_warps=NUM_WARPS,
+        )
+    n = R * D
+    if n == 0:  # the mean of nothing is NaN, as in the reference
+        return out, partials.new_full((), float("nan"))
+    return out, partials.sum() * ((int(align_full) + int(align_sparse)) / n)
+
+
+@_gated_fwd_op.register_fake
+def _(o_full, o_sparse, gate, out_full, align_full, align_sparse, kind):
+    return torch.empty(o_full.shape, device=o_full.device, dtype=o_full.dtype), o_full.new_empty((), dtype=torch.float32)
+
+
+@torch.library.custom_op("ssa::gated_alignment_bwd_triton", mutates_args=())
+def _gated_bwd_op(
+    o_full: torch.Tensor, o_sparse: torch.Tensor, gate: torch.Tensor, d_out: torch.Tensor | None,
+    d_loss: torch.Tensor, out_full: bool, align_full: bool, align_sparse: bool, kind: str,
+    write_full: bool, write_sparse: bool, write_gate: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, T, H, D = o_full.shape
+    R = B * T * H
+    rows, block_d = _gated_tiles(D)
+    # Unwritten gradients come back empty (and are not returned to autograd).
+    da = torch.empty((B, T, H, D) if write_full else (0,), device=o_full.device, dtype=o_full.dtype)
+    db = torch.empty((B, T, H, D) if write_sparse else (0,), device=o_full.device, dtype=o_full.dtype)
+    dg = torch.empty(gate.shape if write_gate else (0,), device=gate.device, dtype=gate.dtype)
+    if R * D and (write_full or write_sparse or write_gate):
+        squared = _squared(kind)
+        d_loss = d_loss.to(device=o_full.device, dtype=torch.float32).reshape(1)
+        do = d_out if d_out is not None else o_full  # an unread placeholder when there is no output gradient
+        _gated_align_bwd_kernel[(triton.cdiv(R, rows),)](
+            o_full, o_sparse, gate, do, d_loss, da if write_full else o_full, db if write_sparse else o_full,
+            dg if write_gate else gate, R, T, H, D, (2.0 if squared else 1.0) / (R * D),
+            *o_full.stride(), *o_sparse.stride(), *_gate_strides(gate), *do.stride(),
+            OUT_FULL=out_full, HAS_DO=d_out is not None, ALIGN_A=align_full, ALIGN_B=align_sparse, SQUARED=squared,
+            WRITE_A=write_full, WRITE_B=write_sparse, WRITE_G=write_gate, ROWS=rows, BLOCK_D=block_d,
+            num_warps=NUM_WARPS,
+        )
+    return da, db, dg
+
+
+@_gated_bwd_op.register_fake
+def _(o_full, o_sparse, gate, d_out, d_loss, out_full, align_full, align_sparse, kind, write_full, write_sparse,
+      write_gate):
+    def empty(shape, like):
+        return torch.empty(shape, device=like.device, dtype=like.dtype)
+
+    return (empty(o_full.shape if write_full else (0,), o_full), empty(o_full.shape if write_sparse else (0,), o_full),
+            empty(gate.shape if write_gate else (0,), gate))
+
+
+def _gated_setup(ctx, inputs, output):
+    o_full, o_sparse, gate, out_full, align_full, align_sparse, kind = inputs
+    ctx.save_for_backward(o_full, o_sparse, gate)
+    ctx.out_full, ctx.align_sides, ctx.kind = out_full, (align_full, align_sparse), kind
+
+
+def _gated_backward(ctx, d_out, d_loss):
+    o_full, o_sparse, gate = ctx.saved_tensors
+    write = ctx.needs_input_grad[:3]
+    align_full, align_sparse = ctx.align_sides
+    if d_loss is None:
+        d_loss = torch.zeros((), device=o_full.device, dtype=torch.float32)
+    da, db, dg = _gated_bwd_op(o_full, o_sparse, gate, d_out, d_loss, ctx.out_full, align_full, align_sparse,
+                               ctx.kind, *write)
+    return (da if write[0] else None), (db if write[1] else None), (dg if write[2] else None), None, None, None, None
+
+
+_gated_fwd_op.register_autograd(_gated_backward, setup_context=_gated_setup)
+
+# Which gated product each direction's terms send gradient to (the other side is stop-gradient).
+_ALIGN_SIDES = {"both": (True, True), "sparsity": (True, False), "commitment": (False, True)}
+
+
+def gated_alignment(o_full, o_sparse, gate, mode: str, direction: str, kind: str):
+    """Fused `reference.gated_alignment` (arguments validated by ssa.ops.api)."""
+    if o_full.dtype not in KERNEL_DTYPES or direction == "none":
+        return reference.gated_alignment(o_full, o_sparse, gate, mode, direction, kind)
+    align_full, align_sparse = _ALIGN_SIDES[direction]
+    # A stream that neither feeds the output nor receives an alignment term gets no gradient at all,
+    # as in the reference (its attention backward is not run), so it enters detached.
+    if mode != "full" and not align_full:
+        o_full = o_full.detach()
+    if mode != "sparse" and not align_sparse:
+        o_sparse = o_sparse.detach()
+    return _gated_fwd_op(o_full, o_sparse, gate, mode == "full", align_full, align_sparse, kind)
