@@ -166,3 +166,26 @@ def test_model_training_step_is_the_same_with_the_fused_op(mode, monkeypatch):
     assert results[0][1] > 0
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_registered_op_passes_opcheck_and_compiles():
+    # A torch.library custom op with a fake kernel: torch.compile (train.compile) keeps it one node.
+    from ssa.ops import triton as triton_ops
+    from ssa.ops.triton import _align
+
+    o_full, o_sparse, gate, upstream = _inputs((1, 8, 2, 16), torch.float32, seed=5)
+    leaves = [x.detach().clone().requires_grad_() for x in (o_full, o_sparse, gate)]
+    torch.library.opcheck(_align._gated_fwd_op, (*leaves, False, True, True, "smooth_l1"))
+
+    def step(a, b, g):
+        out, loss = triton_ops.gated_alignment(a, b, g, "sparse", "both", "smooth_l1")
+        return (out * upstream).sum() + loss
+
+    results = []
+    for fn in (step, torch.compile(step, fullgraph=True, backend="inductor" if DEVICE == "cuda" else "aot_eager")):
+        xs = [x.detach().clone().requires_grad_() for x in leaves]
+        value = fn(*xs)
+        value.backward()
+        results.append([value.detach()] + [x.grad for x in xs])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
