@@ -7,6 +7,9 @@
 # 2. The kernel tests natively (TRITON_INTERPRET unset; tests/conftest.py only sets it without CUDA),
 #    serially, one pytest per file: the sweep, the kernel tests, non-finite inputs, block-index
 #    checks, the alignment loss and the decode kernel.
+# OPS_FILES="tests/a.py tests/b.py" (or "all": every tests/test_*.py) replaces the list of step 2, and
+# OPS_SHARD=i/n keeps every n-th file from the i-th (0-based), so that the whole suite can be split
+# over calls; with OPS_FILES set, step 1 runs only if OPS_SELECT_CHECK=1.
 # Writes $OUT/ops/: select_budget.json, select_budget.log, junit-<file>.xml, pytest-<file>.log,
 # summary.json; prints a summary table last.
 set -uo pipefail  # run from the repository root
@@ -18,10 +21,21 @@ unset TRITON_INTERPRET
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 left() { echo $((BUDGET - 3 - (SECONDS - START))); }
 
-timeout 40 python benchmarks/select_budget_check.py --out "$out/select_budget.json" >"$out/select_budget.log" 2>&1
-echo "select_budget_check rc=$?" >>"$out/select_budget.log"
+if [ -z "${OPS_FILES:-}" ] || [ "${OPS_SELECT_CHECK:-0}" = 1 ]; then
+  timeout 40 python benchmarks/select_budget_check.py --out "$out/select_budget.json" >"$out/select_budget.log" 2>&1
+  echo "select_budget_check rc=$?" >>"$out/select_budget.log"
+fi
 
 files="tests/test_kernel_sweep.py tests/test_triton_kernels.py tests/test_nonfinite_inputs.py tests/test_block_indices.py tests/test_alignment_loss.py tests/test_decode_kernel.py"
+case "${OPS_FILES:-}" in
+  "") ;;
+  all) files=$(ls tests/test_*.py) ;;
+  *) files=$OPS_FILES ;;
+esac
+if [ -n "${OPS_SHARD:-}" ]; then
+  i=${OPS_SHARD%/*}; n=${OPS_SHARD#*/}
+  files=$(echo $files | tr ' ' '\n' | awk -v i="$i" -v n="$n" '(NR - 1) % n == i')
+fi
 for f in $files; do
   name=$(basename "$f" .py)
   t=$(left)

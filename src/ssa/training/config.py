@@ -245,15 +245,11 @@ def _check_model_section(method: str, model: dict, seq_len: int) -> None:
 
 
 def _extra_model_keys() -> set[str]:
-    """Any other attribute a default SSAConfig has (so new model options need no change here)."""
-    try:
-        from ssa.model import SSAConfig
-    except Exception:  # the model package is optional for config validation
-        return set()
-    try:
-        return {k for k in SSAConfig().to_dict() if not k.startswith("_")} - {"method"}
-    except Exception:
-        return set()
+    """Any other attribute a default SSAConfig has (so new model options need no change here).
+    No fallback on import errors: an empty set would reject valid keys with a misleading message."""
+    from ssa.model import SSAConfig
+
+    return {k for k in SSAConfig().to_dict() if not k.startswith("_")} - {"method"}
 
 
 def _flatten(cfg: dict) -> dict:
