@@ -86,12 +86,13 @@ def time_steps(step, warmup: int, steps: int) -> tuple[float, float]:
     return a.elapsed_time(b) / steps, torch.cuda.max_memory_allocated() / 2**30
 
 
-def plain_step(args, vocab):
+def plain_step(args, vocab, compile: bool = True):
+    """(step, model): one training step of the plain model (`compile=False`: eager)."""
     torch.manual_seed(0)
     ffn = -(-(8 * args.hidden // 3) // 64) * 64  # the same SwiGLU width SSAConfig picks
     model = PlainGPT(vocab, args.hidden, args.layers, args.heads, args.kv_heads, ffn, args.seq_len).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    fwd = torch.compile(model)
+    fwd = torch.compile(model) if compile else model
     ids = torch.randint(0, args.vocab, (args.batch, args.seq_len), device="cuda")
 
     def step():
