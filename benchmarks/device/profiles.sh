@@ -10,8 +10,10 @@
 #   decode  the 300m preset's greedy decode step at a 128k-token cache, B=1 and B=8, sparse and
 #           full, as greedy_generate runs it (static cache, CUDA-graph replay); the cache is filled
 #           with random K/V through its own per-layer write, not by a prefill.
+#   tests   tests/test_gated_alignment.py natively (a subset, 25 s at most).
 # Run from the repo root: OUT=dir bash benchmarks/device/profiles.sh
 # Writes $OUT/profiles/: env.txt, train_eager.json, decode.json, train_compiled.json, *.log,
+# native_gated_tests.txt,
 # profiles_summary.md (printed last).
 set -uo pipefail
 BUDGET=200
@@ -38,6 +40,10 @@ echo "train eager rc=$? ($SECONDS s)"
 timeout -k 5 "$(left 55)" python3 $P decode "$D/decode.json" --context "$CONTEXT" $LAYERS --batches 1,8 \
   --modes sparse,full --steps 20 > "$D/decode.log" 2>&1
 echo "decode rc=$? ($SECONDS s)"
+# Native check of the fused gate-and-align kernel the SSA step now uses (bf16 output bit for bit).
+timeout -k 5 "$(left 25)" python3 -m pytest -q -p no:cacheprovider tests/test_gated_alignment.py \
+  -k "half or model" > "$D/native_gated_tests.txt" 2>&1
+echo "native gated-alignment tests rc=$?: $(tail -1 "$D/native_gated_tests.txt")"
 timeout -k 5 "$(left 200)" python3 $P train "$D/train_compiled.json" --shape "$SHAPE" --methods full,plain,ssa --compile \
   --steps 5 --warmup 4 > "$D/train_compiled.log" 2>&1
 echo "train compiled rc=$? ($SECONDS s)"

@@ -164,12 +164,10 @@ def _row_offsets(r, T, H, s0, s1, s2):
 
 
 @triton.jit
-def _gated_align_fwd_kernel(
-    a_ptr, b_ptr, g_ptr, out_ptr, partial_ptr, R, T, H, D,
-    sa0, sa1, sa2, sa3, sb0, sb1, sb2, sb3, sg0, sg1, sg2,
-    OUT_FULL: tl.constexpr, SQUARED: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    pid = tl.program_id(0)
+def _load_tile(pid, a_ptr, b_ptr, g_ptr, R, T, H, D, sa0, sa1, sa2, sa3, sb0, sb1, sb2, sb3, sg0, sg1, sg2,
+               ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program pid's rows: their ids, the column ids, masks, the two streams' tiles [ROWS, BLOCK_D]
+    and the gate as float32 [ROWS, 1]."""
     r = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
     d = tl.arange(0, BLOCK_D)
     rmask = r < R
@@ -177,6 +175,18 @@ def _gated_align_fwd_kernel(
     a = tl.load(a_ptr + (_row_offsets(r, T, H, sa0, sa1, sa2)[:, None] + d[None, :] * sa3), mask=mask, other=0.0)
     b = tl.load(b_ptr + (_row_offsets(r, T, H, sb0, sb1, sb2)[:, None] + d[None, :] * sb3), mask=mask, other=0.0)
     g = tl.load(g_ptr + _row_offsets(r, T, H, sg0, sg1, sg2), mask=rmask, other=0.0).to(tl.float32)[:, None]
+    return r, d, rmask, mask, a, b, g
+
+
+@triton.jit
+def _gated_align_fwd_kernel(
+    a_ptr, b_ptr, g_ptr, out_ptr, partial_ptr, R, T, H, D,
+    sa0, sa1, sa2, sa3, sb0, sb1, sb2, sb3, sg0, sg1, sg2,
+    OUT_FULL: tl.constexpr, SQUARED: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    r, d, rmask, mask, a, b, g = _load_tile(pid, a_ptr, b_ptr, g_ptr, R, T, H, D, sa0, sa1, sa2, sa3, sb0, sb1, sb2,
+                                            sb3, sg0, sg1, sg2, ROWS, BLOCK_D)
     # Each product rounded to the input dtype, as `g * o` gives it unfused: the stream passed on is
     # bit for bit the unfused one, and the distance sees the same operands.
     ga = (a.to(tl.float32) * g).to(a.dtype)
@@ -201,13 +211,8 @@ def _gated_align_bwd_kernel(
     ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    r = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    d = tl.arange(0, BLOCK_D)
-    rmask = r < R
-    mask = rmask[:, None] & (d < D)[None, :]
-    a = tl.load(a_ptr + (_row_offsets(r, T, H, sa0, sa1, sa2)[:, None] + d[None, :] * sa3), mask=mask, other=0.0)
-    b = tl.load(b_ptr + (_row_offsets(r, T, H, sb0, sb1, sb2)[:, None] + d[None, :] * sb3), mask=mask, other=0.0)
-    g = tl.load(g_ptr + _row_offsets(r, T, H, sg0, sg1, sg2), mask=rmask, other=0.0).to(tl.float32)[:, None]
+    r, d, rmask, mask, a, b, g = _load_tile(pid, a_ptr, b_ptr, g_ptr, R, T, H, D, sa0, sa1, sa2, sa3, sb0, sb1, sb2,
+                                            sb3, sg0, sg1, sg2, ROWS, BLOCK_D)
     af, bf = a.to(tl.float32), b.to(tl.float32)
     diff = (af * g).to(a.dtype).to(tl.float32) - (bf * g).to(b.dtype).to(tl.float32)
     if SQUARED:
