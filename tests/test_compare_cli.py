@@ -197,7 +197,7 @@ def test_probe_job_warms_both_ssa_modes(tmp_path):
     # seed 0's own draw is full at both warm-up steps: the probe must force the sparse mode itself
     assert [scheduled_mode(0.5, 0, s) for s in (0, 1)] == ["full", "full"]
 
-    cfg = resolve_config(MICRO, method="ssa", overrides=["train.max_steps=7", "train.mode_draw=step",
+    cfg = resolve_config(MICRO, method="ssa", overrides=[f"train.max_steps={cmd.PROBE_WARMUP + cmd.PROBE_TIMED}", "train.mode_draw=step",
                                                           "model.full_ratio=0.5"])
     res = cmd.job_probe({"kind": "probe", "name": "ssa-s0", "config": cfg, "run_dir": str(tmp_path / "p")})
     assert res["warmup_modes"] == ["full", "sparse"]
@@ -217,7 +217,7 @@ def test_time_budget_records_the_probe_and_the_budget_used(tmp_path):
     rec = json.loads((out / "compare.json").read_text())
     probe = rec["probe"]["full-s0"]
     assert probe["warmup_steps"] == cmd.PROBE_WARMUP and probe["timed_steps"] == cmd.PROBE_TIMED
-    assert probe["step_s"] == pytest.approx(probe["steady_s"] / cmd.PROBE_TIMED)
+    assert probe["step_s_max"] >= probe["step_s"] >= probe["steady_s"] / cmd.PROBE_TIMED / 2  # the median step
     plan = rec["plan"]
     assert plan["steps"] == int(plan["train_s_available"] // probe["step_s"]) >= 3 and rec["steps"] == 3
     assert plan["safety_s"] == pytest.approx(cmd.SAFETY_FRACTION * 600) and plan["startup_s"] == probe["overhead_s"]

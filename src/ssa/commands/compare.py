@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ SECTIONS = ("perplexity", "test", "attention", "extrapolation", "retrieval", "co
 DEFAULT_SECTIONS = ("perplexity", "test", "attention", "extrapolation", "retrieval")
 # Probe: untimed warm-up steps first (they pay for the CUDA context, Triton compilation and
 # autotuning; SSA's alternate full and sparse so both modes' kernels are built), then timed steps.
-PROBE_WARMUP, PROBE_TIMED = 2, 5
+PROBE_WARMUP, PROBE_TIMED = 4, 5
 SAFETY_FRACTION = 0.05  # of the budget, for what the probe does not see (jitter, the final validation and save)
 
 
@@ -216,11 +217,12 @@ def job_train(job: dict) -> dict:
 
 
 def probe_steps(step, *, warmup: int, timed: int, sync=None, clock=time.perf_counter) -> dict:
-    """Time `timed` calls of `step()` after `warmup` untimed ones; the step time is their mean.
+    """Time `timed` calls of `step()` after `warmup` untimed ones.
 
     `sync` (a `GroupSync`) lines up the probes of one concurrent group: nobody starts timing before
     every run is warm, and a run done early keeps stepping until every run has been timed, so all
-    timed steps share the GPU as the real training will."""
+    timed steps share the GPU as the real training will. The step time is the median of the timed
+    steps: one stray slow step (a late recompilation, a sibling's start) does not size the run."""
     t0 = clock()
     warm_records = [step() for _ in range(warmup)]
     warm_end = clock()
@@ -238,7 +240,7 @@ def probe_steps(step, *, warmup: int, timed: int, sync=None, clock=time.perf_cou
             step()
             extra += 1
     return {"warmup_steps": warmup, "warmup_s": warm_end - t0, "timed_steps": timed, "steady_s": sum(times),
-            "step_s": sum(times) / timed, "step_s_max": max(times), "extra_steps": extra,
+            "step_s": statistics.median(times), "step_s_max": max(times), "extra_steps": extra,
             "warm_end": warm_end, "warm_records": warm_records}
 
 
@@ -264,14 +266,15 @@ class GroupSync:
 
 def job_probe(job: dict) -> dict:
     """Warm up, then time steady training steps of one run (no validation, no checkpoint).
-    SSA's warm-up steps are forced to full then sparse mode, so each mode has run before timing."""
+    SSA's warm-up steps alternate full and sparse mode, so each mode has run (and, with compiled
+    blocks, compiled and recompiled for dynamic shapes) twice before timing."""
     import torch
 
     from ssa.training import distributed as dist
     from ssa.training.config import TrainSpec
     from ssa.training.trainer import Trainer
 
-    forced = ("full", "sparse")  # PROBE_WARMUP >= 2
+    forced = ("full", "sparse") * (PROBE_WARMUP // 2)
 
     class WarmupTrainer(Trainer):
         def mode_for(self, micro_batch: int):
