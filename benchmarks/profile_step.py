@@ -351,8 +351,12 @@ def _profile_decode_mode(args, model, cache, B: int, mode: str, first, fill_s: f
     res = {"part": "decode", "preset": args.preset, "context": L, "batch": B, "mode": mode,
            "cache_fill_s": fill_s, "captured": step.graph is not None,
            "device": torch.cuda.get_device_name() if step.capture else "cpu"}
+    def eager():  # the step's own code, uncaptured (GreedyStep runs it under no_grad too)
+        with torch.no_grad():
+            return step._step(tok)
+
     # The captured step alone (graph replays; each advances the device-side lengths).
-    replay_fn = step.graph.replay if step.graph is not None else (lambda: step._step(tok))
+    replay_fn = step.graph.replay if step.graph is not None else eager
     replay = measure(replay_fn, args.steps, 2, DECODE_GROUPS, DECODE_COARSE)
     res["replay"] = replay
     # What greedy_generate pays per token: the replay plus its host bookkeeping.
@@ -365,7 +369,7 @@ def _profile_decode_mode(args, model, cache, B: int, mode: str, first, fill_s: f
     res["tokens_per_s"] = B * 1e3 / res["generate_ms_per_step"]
     # The same step uncaptured: its kernels are those the graph holds, and its wall time is what
     # the host costs without the graph.
-    res["eager"] = measure(lambda: step._step(tok), 3, 1, DECODE_GROUPS, DECODE_COARSE, sync_each=True)
+    res["eager"] = measure(eager, 3, 1, DECODE_GROUPS, DECODE_COARSE, sync_each=True)
     res["profiler_sees_replay_kernels"] = replay["launches_per_step"] > 0
     k = replay if res["profiler_sees_replay_kernels"] else res["eager"]
     attn = k["groups"].get("decode attention", 0.0) + k["groups"].get("selection", 0.0)
