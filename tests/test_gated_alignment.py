@@ -121,6 +121,14 @@ def test_value_by_formula():
     assert out.is_contiguous() and torch.equal(out, gate * o_full)
 
 
+def test_stream_gradients_keep_their_stream_layout():
+    # o_full is SDPA's transposed view: its gradient comes back with the same strides (and values).
+    inputs = _inputs((2, 6, 3, 8), torch.float32, seed=6)
+    got = _run(_fused, inputs, "full", "both", "smooth_l1")
+    assert got[2].stride() == inputs[0].stride() and got[3].stride() == inputs[1].stride()
+    _check(got, _run(reference.gated_alignment, inputs, "full", "both", "smooth_l1"), torch.float32)
+
+
 def test_empty_input_gives_nan_like_the_reference():
     o_full, o_sparse, gate, _ = _inputs((1, 0, 2, 8), torch.float32)
     out, loss = _fused(o_full, o_sparse, gate, "sparse", "both", "smooth_l1")

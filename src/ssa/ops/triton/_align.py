@@ -206,6 +206,7 @@ def _gated_align_fwd_kernel(
 def _gated_align_bwd_kernel(
     a_ptr, b_ptr, g_ptr, do_ptr, gl_ptr, da_ptr, db_ptr, dg_ptr, R, T, H, D, coef,
     sa0, sa1, sa2, sa3, sb0, sb1, sb2, sb3, sg0, sg1, sg2, so0, so1, so2, so3,
+    sda0, sda1, sda2, sda3, sdb0, sdb1, sdb2, sdb3,
     OUT_FULL: tl.constexpr, HAS_DO: tl.constexpr, ALIGN_A: tl.constexpr, ALIGN_B: tl.constexpr,
     SQUARED: tl.constexpr, WRITE_A: tl.constexpr, WRITE_B: tl.constexpr, WRITE_G: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -231,10 +232,11 @@ def _gated_align_bwd_kernel(
             dga += do
         else:
             dgb += do
-    offs = r[:, None] * D + d[None, :]
     if WRITE_A:
+        offs = _row_offsets(r, T, H, sda0, sda1, sda2)[:, None] + d[None, :] * sda3
         tl.store(da_ptr + offs, (dga * g).to(da_ptr.dtype.element_ty), mask=mask)
     if WRITE_B:
+        offs = _row_offsets(r, T, H, sdb0, sdb1, sdb2)[:, None] + d[None, :] * sdb3
         tl.store(db_ptr + offs, (dgb * g).to(db_ptr.dtype.element_ty), mask=mask)
     if WRITE_G:
         dg = tl.sum(dga * af + dgb * bf, axis=1)
@@ -286,10 +288,7 @@ def _gated_bwd_op(
     B, T, H, D = o_full.shape
     R = B * T * H
     rows, block_d = _gated_tiles(D)
-    # Unwritten gradients come back empty (and are not returned to autograd).
-    da = torch.empty((B, T, H, D) if write_full else (0,), device=o_full.device, dtype=o_full.dtype)
-    db = torch.empty((B, T, H, D) if write_sparse else (0,), device=o_full.device, dtype=o_full.dtype)
-    dg = torch.empty(gate.shape if write_gate else (0,), device=gate.device, dtype=gate.dtype)
+    da, db, dg = _gradient_buffers(o_full, o_sparse, gate, write_full, write_sparse, write_gate)
     if R * D and (write_full or write_sparse or write_gate):
         squared = _squared(kind)
         d_loss = d_loss.to(device=o_full.device, dtype=torch.float32).reshape(1)
@@ -298,6 +297,7 @@ def _gated_bwd_op(
             o_full, o_sparse, gate, do, d_loss, da if write_full else o_full, db if write_sparse else o_full,
             dg if write_gate else gate, R, T, H, D, (2.0 if squared else 1.0) / (R * D),
             *o_full.stride(), *o_sparse.stride(), *_gate_strides(gate), *do.stride(),
+            *(da.stride() if write_full else (0,) * 4), *(db.stride() if write_sparse else (0,) * 4),
             OUT_FULL=out_full, HAS_DO=d_out is not None, ALIGN_A=align_full, ALIGN_B=align_sparse, SQUARED=squared,
             WRITE_A=write_full, WRITE_B=write_sparse, WRITE_G=write_gate, ROWS=rows, BLOCK_D=block_d,
             num_warps=NUM_WARPS,
@@ -308,11 +308,18 @@ def _gated_bwd_op(
 @_gated_bwd_op.register_fake
 def _(o_full, o_sparse, gate, d_out, d_loss, out_full, align_full, align_sparse, kind, write_full, write_sparse,
       write_gate):
-    def empty(shape, like):
-        return torch.empty(shape, device=like.device, dtype=like.dtype)
+    return _gradient_buffers(o_full, o_sparse, gate, write_full, write_sparse, write_gate)
 
-    return (empty(o_full.shape if write_full else (0,), o_full), empty(o_full.shape if write_sparse else (0,), o_full),
-            empty(gate.shape if write_gate else (0,), gate))
+
+def _gradient_buffers(o_full, o_sparse, gate, write_full: bool, write_sparse: bool, write_gate: bool):
+    """Each stream's gradient in that stream's own layout (SDPA's output is a transposed view: its
+    backward then reads dO laid out like its O); the gate's contiguous. Unwritten ones are empty
+    (and are not returned to autograd)."""
+    def grad(x, write):
+        return torch.empty_like(x) if write else x.new_empty((0,))
+
+    return grad(o_full, write_full), grad(o_sparse, write_sparse), (
+        torch.empty(gate.shape, device=gate.device, dtype=gate.dtype) if write_gate else gate.new_empty((0,)))
 
 
 def _gated_setup(ctx, inputs, output):
