@@ -85,17 +85,13 @@ SELECT_CASES = [
 ]
 
 
-@pytest.fixture(params=["v3", "v1"])
-def select_kernel(request, monkeypatch):
-    """Run a selection test with each kernel version (v3 is the default, v1 the plain form)."""
-    from ssa.ops.triton import _select
-
-    monkeypatch.setattr(_select, "KERNEL", request.param)
-    return request.param
+# Launch settings besides the default: 16-row programs (4 queries per program at G=4, so programs
+# are block-uniform at s=4: unmasked tiles and a masked tail) and 16-block tiles.
+SMALL_LAUNCH = dict(rows=16, block_tile=16)
 
 
 @pytest.mark.parametrize("B,T,HQ,HK,D,s,n,dtype", SELECT_CASES)
-def test_select_blocks_matches_reference(B, T, HQ, HK, D, s, n, dtype, select_kernel):
+def test_select_blocks_matches_reference(B, T, HQ, HK, D, s, n, dtype):
     q, k, _ = _qkv(B, T, HQ, HK, D, dtype, seed=T + n)
     scale = D ** -0.5
     got = tri.select_blocks(q, k, s, n, scale)
@@ -107,7 +103,7 @@ def test_select_blocks_matches_reference(B, T, HQ, HK, D, s, n, dtype, select_ke
     assert mismatched <= max(2, got.shape[0] * got.shape[1] * got.shape[2] // 100)
 
 
-def test_select_blocks_ties_go_to_lower_block(select_kernel):
+def test_select_blocks_ties_go_to_lower_block():
     # Identical keys: every candidate block has exactly the same score, so the exact top-k is the
     # lowest block ids plus the own block. Small-integer queries and a power-of-two scale make every
     # logit exact whatever the dot product's accumulation order (tile layout, BLAS blocking, tf32),
@@ -127,20 +123,18 @@ def test_select_blocks_ties_go_to_lower_block(select_kernel):
     assert torch.equal(reference.select_blocks(q.cpu(), k.cpu(), s, n, scale), want)
 
 
-@pytest.mark.parametrize("variant", [{}, {"FLOAT_INSERT": False}, {"KERNEL": "v1"}, {"KERNEL": "v1", "MERGE_BY_SORT": True}])
+@pytest.mark.parametrize("launch", [{}, SMALL_LAUNCH])
 @pytest.mark.parametrize("n", [2, 4])
-def test_select_blocks_group_scores_above_two(monkeypatch, variant, n):
+def test_select_blocks_group_scores_above_two(launch, n):
     # A group of 16 heads with one KV head: rows with few candidates have group scores up to 16, and a
     # score >= 2.0 has float bits >= 0x40000000, so its top-k key reaches 2^62. The buffer padding must
     # sit above every key; at 2^62 it became the "K-th best", so later tiles overwrote the padding
     # slots and rows 32-47 came back as [0, 0] or [0, 1] instead of holding their own block 2.
     from ssa.ops.triton import _select
 
-    for name, value in variant.items():
-        monkeypatch.setattr(_select, name, value)
     B, T, HQ, HK, D, s = 1, 48, 16, 1, 16, 16
     q, k, _ = _qkv(B, T, HQ, HK, D, torch.float32)
-    got = tri.select_blocks(q, k, s, n, D ** -0.5)
+    got = _select.select_blocks(q, k, s, n, D ** -0.5, launch=_select.SelectLaunch(**launch))
     own = (torch.arange(T, device=got.device) // s)[None, :, None, None]
     assert ((got == own).sum(-1) == 1).all()  # own block exactly once
     assert _check_selection(got, q, k, s, n, D ** -0.5, 16 * 2e-6) == 0 or DEVICE == "cuda"
@@ -177,6 +171,13 @@ def _run(fn, q, k, v, idx, s, scale, do, dlse):
     loss = (o.float() * do).sum() + (lse * dlse).sum()
     loss.backward()
     return o, lse, q.grad, k.grad, v.grad
+
+
+def _run_kernels(q, k, v, idx, s, scale, do, dlse, seg):
+    """o, lse, dq, dk, dv straight from the kernel launchers, with `seg` queries per dk/dv work item."""
+    o, lse = _attention.sparse_forward(q, k, v, idx, s, scale)
+    dq, dk, dv = _attention.sparse_backward(do.to(q.dtype), q, k, v, o, lse, dlse, idx, s, scale, seg=seg)
+    return o, lse, dq, dk, dv
 
 
 def _close(name, got, want, rtol, atol):
@@ -241,12 +242,9 @@ def test_unselected_blocks_get_exactly_zero_gradient():
     assert (k.grad[:, :-s] != 0).any(-1).all() and (v.grad[:, :-s] != 0).any(-1).all()
 
 
-@pytest.mark.parametrize("build", ["torch", "triton"])
-def test_long_query_lists_are_split_across_programs(monkeypatch, build):
+def test_long_query_lists_are_split_across_programs():
     # Every query selects block 0, so its list is T long; a tiny segment length forces many work
-    # items for that block whose partial dk/dv meet through atomic adds. Both index builds.
-    monkeypatch.setattr(_attention, "SEG", 4)
-    monkeypatch.setattr(_attention, "INDEX_BUILD", build)
+    # items for that block whose partial dk/dv meet through atomic adds.
     B, T, HQ, HK, D, s = 1, 100, 4, 2, 32, 16
     q, k, v = _qkv(B, T, HQ, HK, D, torch.float32, seed=7)
     cur = (torch.arange(T, device=DEVICE) // s)[None, :, None, None].expand(B, T, HK, 1)
@@ -254,21 +252,18 @@ def test_long_query_lists_are_split_across_programs(monkeypatch, build):
     idx[:, :s, :, 1] = -1
     do = torch.randn(B, T, HQ, D).to(DEVICE)
     dlse = torch.zeros(B, T, HQ).to(DEVICE)
-    got = _run(tri.block_sparse_attention, q, k, v, idx, s, D ** -0.5, do, dlse)
+    got = _run_kernels(q, k, v, idx, s, D ** -0.5, do, dlse, seg=4)
     want = _run(reference.block_sparse_attention, q, k, v, idx, s, D ** -0.5, do, dlse)
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), got, want):
         _close(name, a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("build", ["torch", "triton", "fused"])
-def test_inverted_index_lists_exactly_the_selecting_queries(build):
+def test_inverted_index_lists_exactly_the_selecting_queries():
     from ssa.ops.triton import _index
 
     B, T, HK, n, s = 2, 70, 2, 3, 8
     idx = _random_indices(B, T, HK, n, s, seed=11)
-    make = {"torch": _attention.inverted_index, "triton": _index.inverted_index,
-            "fused": _index.inverted_index_fused}[build]
-    qlist, key, start, end, num_keys = make(idx, T, s, seg=5)
+    qlist, key, start, end, num_keys = _index.inverted_index(idx, T, s, seg=5)
     nb = -(-T // s)
     seen = {}
     for w in range(key.numel()):
@@ -332,19 +327,6 @@ def test_registered_ops_pass_opcheck():
         torch.ops.ssa.select_blocks_triton.default, (q.detach(), k, s, 2, 0.2),
         test_utils=("test_schema", "test_faketensor"),
     )
-
-
-def test_select_blocks_sort_merge_variant_matches(monkeypatch):
-    # The alternative top-k maintenance (bitonic sort-merge per tile) must give the same answer.
-    from ssa.ops.triton import _select
-
-    monkeypatch.setattr(_select, "KERNEL", "v1")  # the sort-merge is a version-1 setting
-    q, k, _ = _qkv(1, 200, 4, 1, 32, torch.float32, seed=9)
-    default = tri.select_blocks(q, k, 4, 7, 32 ** -0.5)
-    monkeypatch.setattr(_select, "MERGE_BY_SORT", True)
-    merged = _select.select_blocks(q, k, 4, 7, 32 ** -0.5)
-    assert torch.equal(default, merged)
-    _check_selection(merged, q, k, 4, 7, 32 ** -0.5, 8e-6)
 
 
 def test_backward_with_expanded_output_gradient():
@@ -414,65 +396,68 @@ def test_bench_command_needs_a_gpu(capsys):
 
 
 # ----------------------------------------------------------------------------------------------
-# Alternative kernel versions (switchable module settings; see benchmarks/NOTES.md)
+# Launch settings and code paths that the default shapes do not reach
 # ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_index_build_backward(monkeypatch, dtype):
+def test_backward_with_short_work_items(dtype):
     # The dq kernel counts the selections; scan and scatter+items kernels build the index. Tiny
     # segments force split lists.
-    monkeypatch.setattr(_attention, "INDEX_BUILD", "fused")
-    monkeypatch.setattr(_attention, "SEG", 4)
     B, T, HQ, HK, D, s, n = 2, 70, 4, 2, 32, 8, 3
     q, k, v = _qkv(B, T, HQ, HK, D, dtype, seed=12)
     idx = _random_indices(B, T, HK, n, s, seed=12)
     g = torch.Generator().manual_seed(2)
     do = torch.randn(B, T, HQ, D, generator=g).to(DEVICE)
     dlse = torch.randn(B, T, HQ, generator=g).to(DEVICE)
-    got = _run(tri.block_sparse_attention, q, k, v, idx, s, D ** -0.5, do, dlse)
+    got = _run_kernels(q, k, v, idx, s, D ** -0.5, do, dlse, seg=4)
     want = _run(reference.block_sparse_attention, q.float(), k.float(), v.float(), idx, s, D ** -0.5, do, dlse)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), got, want):
         _close(name, a, b, **tol)
 
 
-@pytest.mark.parametrize("fixed_shift,rows,block_tile,float_insert,uniform2", [
-    (True, 16, 16, True, False), (False, 16, 16, False, False), (True, 128, 64, True, False),
-    (True, 16, 16, True, True), (True, 16, 16, False, True)])
-def test_select_v3_matches_reference(monkeypatch, fixed_shift, rows, block_tile, float_insert, uniform2):
+@pytest.mark.parametrize("rows,block_tile", [(16, 16), (128, 64), (16, 32)])
+def test_select_launch_settings_match_reference(rows, block_tile):
     # rows=16: 4 queries per program at G=4, block-uniform at s=4 (unmasked tiles + a masked tail);
     # rows=128 at s=4 is not block-uniform (every tile masked). The cases cover padded groups,
     # fp16's three-part keys and T % s != 0.
     from ssa.ops.triton import _select
 
-    for name, value in dict(KERNEL="v3", FIXED_SHIFT=fixed_shift, ROWS=rows, BLOCK_TILE=block_tile,
-                            FLOAT_INSERT=float_insert, UNIFORM_PASS2=uniform2).items():
-        monkeypatch.setattr(_select, name, value)
+    launch = _select.SelectLaunch(rows=rows, block_tile=block_tile)
     for B, T, HQ, HK, D, s, n, dtype in [(1, 100, 8, 2, 32, 4, 7, torch.float32),
                                          (2, 70, 4, 1, 64, 4, 5, torch.bfloat16),
                                          (1, 67, 6, 2, 32, 8, 4, torch.float16)]:
         q, k, _ = _qkv(B, T, HQ, HK, D, dtype, seed=T)
-        got = _select.select_blocks(q, k, s, n, D ** -0.5)
+        got = _select.select_blocks(q, k, s, n, D ** -0.5, launch=launch)
         G = HQ // HK
         _check_selection(got, q, k, s, n, D ** -0.5, G * (2e-6 if dtype == torch.float32 else 2e-5))
 
 
-def test_select_v3_loose_shift_bound_falls_back(monkeypatch):
+def test_select_launch_rejects_bad_settings():
+    import dataclasses
+
+    from ssa.ops.triton import _select
+
+    for bad in (dict(rows=100), dict(block_tile=8), dict(num_warps=3), dict(num_stages=0), dict(maxnreg=0)):
+        with pytest.raises(ValueError, match=f"SelectLaunch.{next(iter(bad))}"):
+            _select.SelectLaunch(**bad)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _select.DEFAULT_LAUNCH.rows = 64
+
+
+def test_select_loose_shift_bound_falls_back():
     # q has a huge component along a direction the block keys never have, so the Cauchy-Schwarz
     # shift is thousands above every logit and every exp2 of pass 1 underflows to zero. Without
     # the recomputation with the online maximum every score would be 0 and the lowest blocks win.
     from ssa.ops.triton import _select
 
-    monkeypatch.setattr(_select, "KERNEL", "v3")
-    monkeypatch.setattr(_select, "ROWS", 16)
-    monkeypatch.setattr(_select, "BLOCK_TILE", 16)
     B, T, HQ, HK, D, s, n = 1, 160, 4, 1, 32, 4, 5
     q, k, _ = _qkv(B, T, HQ, HK, D, torch.float32, seed=5)
     q[..., 0] = 400.0
     k = k * 50.0
     k[..., 0] = 0.0
-    got = _select.select_blocks(q, k, s, n, D ** -0.5)
+    got = _select.select_blocks(q, k, s, n, D ** -0.5, launch=_select.SelectLaunch(**SMALL_LAUNCH))
     mismatched = _check_selection(got, q, k, s, n, D ** -0.5, 4 * 2e-6)
     assert mismatched == 0
     lowest = torch.arange(n - 1, dtype=torch.int32, device=got.device)
@@ -480,39 +465,35 @@ def test_select_v3_loose_shift_bound_falls_back(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="launch shape of the benchmark: too slow to interpret")
-@pytest.mark.parametrize("block_tile,maxnreg,float_insert,uniform2", [
-    (32, 128, True, True), (32, 96, True, False), (64, None, False, False), (32, 128, False, True)])
-def test_select_v3_benchmark_shape(monkeypatch, block_tile, maxnreg, float_insert, uniform2):
+@pytest.mark.parametrize("block_tile,maxnreg", [(32, 128), (32, 96), (64, None)])
+def test_select_benchmark_shape(block_tile, maxnreg):
     from ssa.ops.triton import _select
 
-    for name, value in dict(KERNEL="v3", BLOCK_TILE=block_tile, MAXNREG=maxnreg, FLOAT_INSERT=float_insert,
-                            UNIFORM_PASS2=uniform2).items():
-        monkeypatch.setattr(_select, name, value)
+    launch = _select.SelectLaunch(block_tile=block_tile, maxnreg=maxnreg)
     q, k, _ = _qkv(1, 3000, 16, 1, 64, torch.bfloat16, seed=7)
-    got = _select.select_blocks(q, k, 16, 16, 0.125)
+    got = _select.select_blocks(q, k, 16, 16, 0.125, launch=launch)
     assert _check_selection(got, q, k, 16, 16, 0.125, 16 * 2e-5) <= 30
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="exact ties need the interpreter's column-invariant logits "
                     "(see test_select_blocks_ties_go_to_lower_block)")
-@pytest.mark.parametrize("float_insert", [True, False])
-def test_select_v3_periodic_ties_match_reference(monkeypatch, float_insert):
+def test_select_periodic_ties_match_reference():
     # Block c repeats the keys of block c % 3, so every score ties with those of a third of the blocks,
     # inside one tile and across tiles: the exact top-k must keep the lowest block of each tie, as
     # the reference's stable sort does (the float insertion's strict test relies on this order).
     from ssa.ops.triton import _select
 
-    for name, value in dict(KERNEL="v3", ROWS=16, BLOCK_TILE=16, FLOAT_INSERT=float_insert).items():
-        monkeypatch.setattr(_select, name, value)
     B, T, HQ, HK, D, s, n = 1, 230, 4, 1, 32, 4, 9
     q, k, _ = _qkv(B, T, HQ, HK, D, torch.float32, seed=21)
     blocks = k[:, : 3 * s].reshape(B, 3, s, HK, D)
     k = blocks.repeat(1, T // (3 * s) + 1, 1, 1, 1).reshape(B, -1, HK, D)[:, :T].contiguous()
-    assert torch.equal(_select.select_blocks(q, k, s, n, D ** -0.5), reference.select_blocks(q, k, s, n, D ** -0.5))
+    launch = _select.SelectLaunch(**SMALL_LAUNCH)
+    assert torch.equal(_select.select_blocks(q, k, s, n, D ** -0.5, launch=launch),
+                       reference.select_blocks(q, k, s, n, D ** -0.5))
 
 
 def test_block_keys_and_bound_match_the_block_means():
-    # The one prologue of both selection kernels: parts of each block mean (hi, lo, ...) in k's
+    # The prologue of the selection kernel: parts of each block mean (hi, lo, ...) in k's
     # dtype that sum to the float32 mean, and factor * the largest mean norm, against block_means.
     from ssa.ops.triton import _select
 

@@ -5,7 +5,8 @@ Forward and dq: one program per (query, batch, KV head); its rows are the G quer
 time, gathering the keys of each slot, so one tile holds BPI * BS keys.
 
 dk and dv: an inverted index lists, for every (batch, KV head, key block), the queries that selected
-it (a sort of the flattened indices). A program takes one segment of at most SEG queries of one key
+it (`_index.py`: the dq kernel counts the selections, two more launches place them). A program takes
+one segment of at most `seg` queries of one key
 block, loads that block's keys and values once and streams the queries' rows (query x head) past
 them. Long lists (a block that every query picks) are split into several segments whose partial sums
 meet through fp32 atomic adds, so no program walks a list of length T. No program ever looks at a
@@ -24,17 +25,11 @@ import triton.language as tl
 from . import _index
 from ._common import LOG2E, interpreting, mma, next_pow2
 
-# Queries per dk/dv work item. The mean list length is T * n / num_blocks = n * s (256 at the
-# defaults), so a block needs about two items and a block picked by every query is spread over
-# T / SEG programs. Shorter segments mean more parallel programs (short sequences have few blocks)
-# for a little more atomic traffic (s * D floats per item).
-SEG = 128
-
-# How the inverted index is built: "fused" (default: the dq kernel counts, then one scan and one
-# scatter+items kernel, and dk and dv share one zero-filled buffer, so the index costs no pass of
-# its own), "triton" (count / scatter / items kernels in `_index.py`) or "torch" (sort +
-# searchsorted, ~35 PyTorch ops: simplest, and the slowest at long lengths; benchmarks/RESULTS.md).
-INDEX_BUILD = "fused"
+# Queries per dk/dv work item (the default of `sparse_backward`'s `seg`). The mean list length is
+# T * n / num_blocks = n * s (256 at the defaults), so a block needs about two items and a block
+# picked by every query is spread over T / seg programs. Shorter segments mean more parallel
+# programs (short sequences have few blocks) for a little more atomic traffic (s * D floats per item).
+DEFAULT_SEG = 128
 
 
 @triton.jit
@@ -66,6 +61,47 @@ def _gather_slot_keys(idx_base, si_t, it, t0, T,
 
 
 @triton.jit
+def _query_rows(q_ptr, k_ptr, v_ptr, idx_ptr, T, HK, sq_b, sq_t, sq_h, sk_b, sk_h, sv_b, sv_h, si_b, si_h,
+                QB: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
+    """What a forward or dq program works on: rows (query, head) of QB consecutive queries of one
+    (batch, KV head). Returns the first query, batch (int64: batch offsets can pass 2^31 elements),
+    KV head, each row's query (0..QB-1), position, validity and head, the head-dim lanes and their
+    validity, q [QB * GP, BD] and the index, key and value base pointers."""
+    t0 = tl.program_id(0) * QB
+    bh = tl.program_id(1)
+    b = (bh // HK).to(tl.int64)
+    hk = bh % HK
+    r = tl.arange(0, QB * GP)
+    rq = r // GP
+    g = r % GP
+    t_r = t0 + rq
+    row_ok = (g < G) & (t_r < T)
+    d = tl.arange(0, BD)
+    d_ok = d < D
+    heads = hk * G + g
+    q = tl.load(q_ptr + b * sq_b + t_r[:, None] * sq_t + heads[:, None] * sq_h + d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    return (t0, b, hk, rq, t_r, row_ok, heads, d, d_ok, q,
+            idx_ptr + b * si_b + hk * si_h, k_ptr + b * sk_b + hk * sk_h, v_ptr + b * sv_b + hk * sv_h)
+
+
+@triton.jit
+def _slot_tile(q, idx_base, k_base, v_base, si_t, sk_t, sv_t, it, t0, T, rq, d, d_ok, scale2,
+               S: tl.constexpr, BS: tl.constexpr, BPI: tl.constexpr, N: tl.constexpr, QB: tl.constexpr,
+               GP: tl.constexpr, IEEE: tl.constexpr, WINDOW: tl.constexpr, bstart_ptr, DOCS: tl.constexpr):
+    """Step `it` of the forward and dq loops: the gathered keys and values of the step's block slots,
+    the scaled logits [QB * GP, QB * BPI * BS] (log2 domain) and which of them each row may see."""
+    pos, jq, ok = _gather_slot_keys(idx_base, si_t, it, t0, T, S, BS, BPI, N, QB, WINDOW, bstart_ptr, DOCS)
+    kv_mask = ok[:, None] & d_ok[None, :]
+    k = tl.load(k_base + pos[:, None] * sk_t + d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + pos[:, None] * sv_t + d[None, :], mask=kv_mask, other=0.0)
+    x = mma(q, tl.trans(k), tl.zeros((QB * GP, QB * BPI * BS), tl.float32), IEEE) * scale2
+    # Each query gathers its own keys, so a row only sees its own query's keys (block-diagonal).
+    mine = ok[None, :] & (jq[None, :] == rq[:, None])
+    return k, v, x, mine
+
+
+@triton.jit
 def _fwd_kernel(
     q_ptr, k_ptr, v_ptr, idx_ptr, o_ptr, lse_ptr,
     T, HK,
@@ -76,37 +112,17 @@ def _fwd_kernel(
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
     WINDOW: tl.constexpr, bstart_ptr=None, DOCS: tl.constexpr = False,
 ):
-    # Rows are (query, head) pairs of QB consecutive queries. Each query gathers its own keys, so a
-    # row may only see the keys of its own query (the block-diagonal mask `mine`). On the GPU QB is 1;
-    # larger QB only serves the CPU interpreter, where it cuts the number of programs.
-    t0 = tl.program_id(0) * QB
-    bh = tl.program_id(1)
-    b = (bh // HK).to(tl.int64)  # batch offsets can pass 2^31 elements
-    hk = bh % HK
-    r = tl.arange(0, QB * GP)
-    rq = r // GP
-    g = r % GP
-    t_r = t0 + rq
-    row_ok = (g < G) & (t_r < T)
-    d = tl.arange(0, BD)
-    d_ok = d < D
-    heads = hk * G + g
+    # Rows are (query, head) pairs of QB consecutive queries. On the GPU QB is 1; larger QB only
+    # serves the CPU interpreter, where it cuts the number of programs.
+    t0, b, hk, rq, t_r, row_ok, heads, d, d_ok, q, idx_base, k_base, v_base = _query_rows(
+        q_ptr, k_ptr, v_ptr, idx_ptr, T, HK, sq_b, sq_t, sq_h, sk_b, sk_h, sv_b, sv_h, si_b, si_h, QB, G, GP, D, BD)
     row_mask = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(q_ptr + b * sq_b + t_r[:, None] * sq_t + heads[:, None] * sq_h + d[None, :], mask=row_mask, other=0.0)
-    idx_base = idx_ptr + b * si_b + hk * si_h
-    k_base = k_ptr + b * sk_b + hk * sk_h
-    v_base = v_ptr + b * sv_b + hk * sv_h
-
     m = tl.full((QB * GP,), float("-inf"), tl.float32)
     l = tl.zeros((QB * GP,), tl.float32)
     acc = tl.zeros((QB * GP, BD), tl.float32)
     for it in range(0, tl.cdiv(N, BPI)):
-        pos, jq, ok = _gather_slot_keys(idx_base, si_t, it, t0, T, S, BS, BPI, N, QB, WINDOW, bstart_ptr, DOCS)
-        kv_mask = ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + pos[:, None] * sk_t + d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + pos[:, None] * sv_t + d[None, :], mask=kv_mask, other=0.0)
-        x = mma(q, tl.trans(k), tl.zeros((QB * GP, QB * BPI * BS), tl.float32), IEEE) * scale2
-        mine = ok[None, :] & (jq[None, :] == rq[:, None])
+        k, v, x, mine = _slot_tile(q, idx_base, k_base, v_base, si_t, sk_t, sv_t, it, t0, T, rq, d, d_ok, scale2,
+                                   S, BS, BPI, N, QB, GP, IEEE, WINDOW, bstart_ptr, DOCS)
         x = tl.where(mine, x, float("-inf"))
         m_new = tl.maximum(m, tl.max(x, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # only before the first visible key
@@ -134,26 +150,15 @@ def _dq_kernel(
     scale, scale2,
     S: tl.constexpr, BS: tl.constexpr, BPI: tl.constexpr, N: tl.constexpr, QB: tl.constexpr,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, IEEE: tl.constexpr,
-    HAS_DLSE: tl.constexpr, WINDOW: tl.constexpr, counts_ptr=None, NB=1, COUNT: tl.constexpr = False,
-    NP: tl.constexpr = 16, bstart_ptr=None, DOCS: tl.constexpr = False,
+    HAS_DLSE: tl.constexpr, WINDOW: tl.constexpr, counts_ptr, NB, NP: tl.constexpr,
+    bstart_ptr=None, DOCS: tl.constexpr = False,
 ):
     # Same tiling as the forward; recomputes p from the saved lse. Also computes
     # delta = rowsum(dO * O) - dlse here and stores it for the dk/dv kernel, so no [B, T, HQ, D]
     # float32 temporaries are made (a gradient on lse adds p * dlse to dS).
-    t0 = tl.program_id(0) * QB
-    bh = tl.program_id(1)
-    b = (bh // HK).to(tl.int64)  # batch offsets can pass 2^31 elements
-    hk = bh % HK
-    r = tl.arange(0, QB * GP)
-    rq = r // GP
-    g = r % GP
-    t_r = t0 + rq
-    row_ok = (g < G) & (t_r < T)
-    d = tl.arange(0, BD)
-    d_ok = d < D
-    heads = hk * G + g
+    t0, b, hk, rq, t_r, row_ok, heads, d, d_ok, q, idx_base, k_base, v_base = _query_rows(
+        q_ptr, k_ptr, v_ptr, idx_ptr, T, HK, sq_b, sq_t, sq_h, sk_b, sk_h, sv_b, sv_h, si_b, si_h, QB, G, GP, D, BD)
     row_mask = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(q_ptr + b * sq_b + t_r[:, None] * sq_t + heads[:, None] * sq_h + d[None, :], mask=row_mask, other=0.0)
     do = tl.load(do_ptr + b * sdo_b + t_r[:, None] * sdo_t + heads[:, None] * sdo_h + d[None, :],
                  mask=row_mask, other=0.0)
     o = tl.load(o_ptr + b * so_b + t_r[:, None] * so_t + heads[:, None] * so_h + d[None, :], mask=row_mask, other=0.0)
@@ -164,26 +169,18 @@ def _dq_kernel(
     if HAS_DLSE:
         delta -= tl.load(dlse_ptr + row_off, mask=row_ok, other=0.0)
     tl.store(delta_ptr + row_off, delta, mask=row_ok)
-    idx_base = idx_ptr + b * si_b + hk * si_h
-    k_base = k_ptr + b * sk_b + hk * sk_h
-    v_base = v_ptr + b * sv_b + hk * sv_h
-    if COUNT:  # selections per (batch, KV head, key block), for the "fused" inverted index
-        ct = t0 + tl.arange(0, QB)
-        cs = tl.arange(0, NP)
-        cblk = tl.load(idx_base + ct[:, None] * si_t + cs[None, :], mask=(ct < T)[:, None] & (cs < N)[None, :],
-                       other=-1)
-        cvalid = (cblk >= 0) & (cblk < NB)
-        tl.atomic_add(counts_ptr + (b * HK + hk) * NB + cblk, tl.full(cblk.shape, 1, tl.int32), mask=cvalid)
+    # Selections per (batch, KV head, key block), counted here for the inverted index (`_index.py`).
+    ct = t0 + tl.arange(0, QB)
+    cs = tl.arange(0, NP)
+    cblk = tl.load(idx_base + ct[:, None] * si_t + cs[None, :], mask=(ct < T)[:, None] & (cs < N)[None, :], other=-1)
+    cvalid = (cblk >= 0) & (cblk < NB)
+    tl.atomic_add(counts_ptr + (b * HK + hk) * NB + cblk, tl.full(cblk.shape, 1, tl.int32), mask=cvalid)
 
     dq = tl.zeros((QB * GP, BD), tl.float32)
     for it in range(0, tl.cdiv(N, BPI)):
-        pos, jq, ok = _gather_slot_keys(idx_base, si_t, it, t0, T, S, BS, BPI, N, QB, WINDOW, bstart_ptr, DOCS)
-        kv_mask = ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + pos[:, None] * sk_t + d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + pos[:, None] * sv_t + d[None, :], mask=kv_mask, other=0.0)
-        x = mma(q, tl.trans(k), tl.zeros((QB * GP, QB * BPI * BS), tl.float32), IEEE) * scale2
-        mine = ok[None, :] & (jq[None, :] == rq[:, None]) & row_ok[:, None]
-        p = tl.where(mine, tl.exp2(x - lse2[:, None]), 0.0)
+        k, v, x, mine = _slot_tile(q, idx_base, k_base, v_base, si_t, sk_t, sv_t, it, t0, T, rq, d, d_ok, scale2,
+                                   S, BS, BPI, N, QB, GP, IEEE, WINDOW, bstart_ptr, DOCS)
+        p = tl.where(mine & row_ok[:, None], tl.exp2(x - lse2[:, None]), 0.0)
         dp = mma(do, tl.trans(v), tl.zeros((QB * GP, QB * BPI * BS), tl.float32), IEEE)
         ds = p * (dp - delta[:, None])
         dq = mma(ds.to(k.dtype), k, dq, IEEE)
@@ -299,43 +296,11 @@ def sparse_forward(q, k, v, block_indices, block_size: int, scale: float, window
     return o, lse
 
 
-def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, seg: int | None = None,
-                   num_blocks: int | None = None):
-    """For each (batch, KV head, key block), the queries that selected it, cut into work items.
-
-    Returns (qlist, item_key, item_start, item_end, num_keys): qlist holds query positions grouped by
-    key = (b * HK + hk) * NB + block; work item w covers qlist[item_start[w]:item_end[w]] of key
-    item_key[w]. The item arrays have a fixed upper-bound length with unused items set to key
-    num_keys, so building them needs no device-to-host synchronisation. Memory is O(B * T * HK * n).
-    """
-    seg = SEG if seg is None else seg
-    B, T, HK, n = block_indices.shape
-    dev = block_indices.device
-    nb = -(-seq_len // block_size) if num_blocks is None else num_blocks
-    num_keys = B * HK * nb
-    idx = block_indices.long()
-    bh = (torch.arange(B, device=dev)[:, None, None, None] * HK + torch.arange(HK, device=dev)[None, None, :, None])
-    valid = (idx >= 0) & (idx < nb)
-    keys = torch.where(valid, bh * nb + idx, num_keys).flatten()
-    sorted_keys, order = torch.sort(keys)
-    qlist = (order // (HK * n) % T).to(torch.int32)
-    starts = torch.searchsorted(sorted_keys, torch.arange(num_keys + 1, device=dev))
-    counts = starts[1:] - starts[:-1]
-    nseg = (counts + seg - 1) // seg
-    seg_end = torch.cumsum(nseg, 0)
-    max_items = num_keys + -(-keys.numel() // seg)  # sum(ceil(c / seg)) <= #keys + total / seg
-    w = torch.arange(max_items, device=dev)
-    item_key = torch.searchsorted(seg_end, w, right=True)
-    kc = item_key.clamp(max=num_keys - 1)
-    item_start = starts[kc] + (w - (seg_end[kc] - nseg[kc])) * seg
-    item_end = torch.minimum(item_start + seg, starts[kc + 1])
-    return qlist, item_key.to(torch.int32), item_start.to(torch.int32), item_end.to(torch.int32), num_keys
-
-
 def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, scale: float, window: int = 0,
-                    block_starts=None):
+                    block_starts=None, seg: int = DEFAULT_SEG):
     """dq, dk, dv of block-sparse attention; dlse (or None) is the gradient reaching lse (block_starts:
-    packed documents, as in `sparse_forward`)."""
+    packed documents, as in `sparse_forward`). seg: queries per dk/dv work item (any value gives
+    the same gradients up to the order of the atomic adds; tests force short ones)."""
     B, T, HQ, D = q.shape
     HK = k.shape[2]
     G = HQ // HK
@@ -350,31 +315,22 @@ def sparse_backward(do, q, k, v, o, lse, dlse, block_indices, block_size: int, s
     dq = torch.empty_like(q)
     nb = -(-T // block_size) if block_starts is None else block_starts.numel() - 1
     docs = dict(bstart_ptr=block_starts, DOCS=block_starts is not None)
-    fused = INDEX_BUILD == "fused"
-    if fused:
-        block_indices = block_indices.contiguous()
-        counts = torch.zeros(B * HK * nb, dtype=torch.int32, device=q.device)
-        extra = dict(counts_ptr=counts, NB=nb, COUNT=True, NP=max(16, next_pow2(n)))
-    else:
-        extra = {}
+    block_indices = block_indices.contiguous()
+    counts = torch.zeros(B * HK * nb, dtype=torch.int32, device=q.device)  # filled by the dq kernel
     _dq_kernel[(triton.cdiv(T, tiles["QB"]), B * HK)](
         q, k, v, block_indices, o, do, lse, dlse if dlse is not None else lse, delta, dq,
         T, HK,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *block_indices.stride()[:3],
         *o.stride()[:3], *do.stride()[:3], *lse.stride(), *dq.stride()[:3],
         scale, scale * LOG2E,
-        N=n, G=G, D=D, IEEE=ieee, HAS_DLSE=dlse is not None, WINDOW=window, **tiles, **extra, **docs,
+        N=n, G=G, D=D, IEEE=ieee, HAS_DLSE=dlse is not None, WINDOW=window, **tiles,
+        counts_ptr=counts, NB=nb, NP=max(16, next_pow2(n)), **docs,
         num_warps=4, num_stages=2,
     )
 
-    if fused:
-        qlist, item_key, item_start, item_end, num_keys = _index.inverted_index_from_counts(
-            block_indices, counts, T, block_size, SEG, nb)
-    elif INDEX_BUILD == "triton":
-        qlist, item_key, item_start, item_end, num_keys = _index.inverted_index(block_indices, T, block_size, SEG, nb)
-    else:
-        qlist, item_key, item_start, item_end, num_keys = inverted_index(block_indices, T, block_size, num_blocks=nb)
-    if fused and k.dtype != torch.float32:  # one fill; the casts below make separate outputs
+    qlist, item_key, item_start, item_end, num_keys = _index.inverted_index_from_counts(
+        block_indices, counts, T, block_size, seg, nb)
+    if k.dtype != torch.float32:  # one fill; the casts below make separate outputs
         dk, dv = torch.zeros(2, B, T, HK, D, dtype=torch.float32, device=q.device).unbind(0)
     else:
         dk = torch.zeros(B, T, HK, D, dtype=torch.float32, device=q.device)

@@ -1,11 +1,13 @@
-"""The inverted index of the dk/dv backward, built by three small Triton kernels.
+"""The inverted index of the dk/dv backward: for every (batch, KV head, key block), the queries that
+selected it, cut into work items of at most `seg` queries.
 
-Same result as `_attention.inverted_index` (up to the order of queries inside one key block, which
-only changes the summation order of dk/dv) in about a dozen launches instead of ~35 PyTorch ops. At
-short sequences the backward is bound by launch overhead on the host, not by GPU work, which is what
-this trims. Steps: count the selections of each key with atomics, exclusive offsets by a cumsum,
-scatter each query into its key's range (atomic cursor), then cut the ranges into work items of at
-most `seg` queries with a vectorised binary search over the per-key segment counts.
+The dq kernel counts the selections (it reads every query's indices anyway). One single-program
+kernel turns the counts into offsets, cursors and per-key segment ends, and one kernel does both the
+scatter and the work items: its first programs scatter each query into its key's range (atomic
+cursor), the rest find each item's key by a vectorised binary search over the segment ends. That is
+two launches and no PyTorch scans, which matters at short sequences, where the backward is bound by
+launch overhead on the host rather than by GPU work. The order of queries inside one key's list
+depends on the atomics, which only changes the summation order of dk and dv.
 """
 
 from __future__ import annotations
@@ -38,13 +40,6 @@ def _count_kernel(idx_ptr, counts_ptr, total, T, HK, N, NB, BLOCK: tl.constexpr)
 
 
 @triton.jit
-def _scatter_kernel(idx_ptr, cursor_ptr, qlist_ptr, total, T, HK, N, NB, BLOCK: tl.constexpr):
-    key, t, valid = _decode_entries(idx_ptr, tl.program_id(0), total, T, HK, N, NB, BLOCK)
-    slot = tl.atomic_add(cursor_ptr + key, 1, mask=valid)  # old value: this entry's place
-    tl.store(qlist_ptr + slot, t, mask=valid)
-
-
-@triton.jit
 def _write_items(w, seg_end_ptr, counts_ptr, ends_ptr, items_ptr, num_items, num_keys, steps, SEG,
                  BLOCK: tl.constexpr):
     """Work items w: the key whose segment range holds w (binary search), and its query-list span."""
@@ -69,45 +64,6 @@ def _write_items(w, seg_end_ptr, counts_ptr, ends_ptr, items_ptr, num_items, num
     tl.store(items_ptr + num_items + w, start, mask=m)
     tl.store(items_ptr + 2 * num_items + w, tl.minimum(start + SEG, end), mask=m)
 
-
-@triton.jit
-def _items_kernel(seg_end_ptr, counts_ptr, ends_ptr, items_ptr, num_items, num_keys, steps, SEG,
-                  BLOCK: tl.constexpr):
-    w = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    # The key of item w: the first key whose inclusive segment cumsum exceeds w.
-    _write_items(w, seg_end_ptr, counts_ptr, ends_ptr, items_ptr, num_items, num_keys, steps, SEG, BLOCK)
-
-
-def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, seg: int, num_blocks=None):
-    """Drop-in for `_attention.inverted_index` (same return tuple, int32 arrays)."""
-    B, T, HK, n = block_indices.shape
-    dev = block_indices.device
-    nb = -(-seq_len // block_size) if num_blocks is None else num_blocks
-    num_keys = B * HK * nb
-    idx = block_indices.to(torch.int32).contiguous()
-    total = idx.numel()
-    grid = (triton.cdiv(total, _BLOCK),)
-    counts = torch.zeros(num_keys, dtype=torch.int32, device=dev)
-    _count_kernel[grid](idx, counts, total, T, HK, n, nb, BLOCK=_BLOCK)
-    ends = torch.cumsum(counts, 0, dtype=torch.int32)
-    cursor = ends - counts
-    qlist = torch.empty(total, dtype=torch.int32, device=dev)  # tail past the valid entries unused
-    _scatter_kernel[grid](idx, cursor, qlist, total, T, HK, n, nb, BLOCK=_BLOCK)
-    seg_end = torch.cumsum((counts + seg - 1) // seg, 0, dtype=torch.int32)
-    num_items = num_keys + -(-total // seg)  # upper bound, as in the PyTorch build
-    items = torch.empty(3, num_items, dtype=torch.int32, device=dev)
-    steps = max(1, num_keys.bit_length())
-    _items_kernel[(triton.cdiv(num_items, _BLOCK),)](
-        seg_end, counts, ends, items, num_items, num_keys, steps, seg, BLOCK=_BLOCK)
-    return qlist, items[0], items[1], items[2], num_keys
-
-
-# ------------------------------------------------------------------------------------------------
-# "fused" build (`_attention.INDEX_BUILD = "fused"`): the dq kernel counts the selections (it reads
-# every query's indices anyway), one single-program kernel turns the counts into offsets, cursors and
-# per-key segment ends, and one kernel does both the scatter and the work items (its first programs
-# scatter, the rest cut items). Three launches fewer than the "triton" build and no PyTorch scans.
-# ------------------------------------------------------------------------------------------------
 
 SCAN_BLOCK = 1024
 
@@ -165,8 +121,8 @@ def inverted_index_from_counts(block_indices: torch.Tensor, counts: torch.Tensor
     return qlist, items[0], items[1], items[2], num_keys
 
 
-def inverted_index_fused(block_indices: torch.Tensor, seq_len: int, block_size: int, seg: int):
-    """Standalone form of the fused build (counts by their own kernel), for tests."""
+def inverted_index(block_indices: torch.Tensor, seq_len: int, block_size: int, seg: int):
+    """The index on its own, with the counts made by their own kernel instead of the dq kernel."""
     B, T, HK, n = block_indices.shape
     nb = -(-seq_len // block_size)
     idx = block_indices.to(torch.int32).contiguous()

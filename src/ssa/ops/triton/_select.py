@@ -3,8 +3,8 @@
 One program handles BQ consecutive queries of one (batch, KV head) and all G query heads of the
 group, so its tile has BQ * GP rows (GP = G rounded up to a power of two, padded heads masked).
 
-Pass 1 streams over the candidate block keys and keeps, per (query, head) row, the online-softmax
-normalisers (running max and sum of exp). Pass 2 recomputes the same logits tile by tile, turns them
+Pass 1 streams over the candidate block keys and sums, per (query, head) row, the softmax normaliser
+(the exp of every logit under a shift known before the scan, see below). Pass 2 recomputes the same logits tile by tile, turns them
 into probabilities, sums them over the group and merges each tile into a per-query top-K buffer held
 in registers. Nothing of size T x T/s is ever written to memory.
 
@@ -12,29 +12,33 @@ Exact top-k with ties to the lower index: a score in [0, G] is a non-negative fl
 pattern orders like the float. Each candidate becomes one int64 key
     (score bits << 32) | (2**31 - 1 - block)   [computed as block ^ (2**31 - 1)]
 which is unique and orders by score, then by *lower* block first. The buffer keeps the N-1 largest
-keys seen so far. By default (threshold insertion) it is unsorted: a tile's entries are compared with
-the buffer's minimum, the current (N-1)-th best, and only those above it are inserted, largest first,
-one per round. After m blocks a tile of BN blocks holds about BN * (N-1) / m such entries per query,
-so the rounds die out as the scan advances and the steady state is a max-reduction per tile and no
-sort (1.4x faster than the sort-merge at 128k on the H100, benchmarks/NOTES.md). The alternative
-(MERGE_BY_SORT) keeps the buffer sorted descending, sorts each tile ascending and takes
-`max(buffer[i], tile[i])`, exactly the top-K of the union (the first half-cleaner step of a bitonic
-merge), then sorts again.
+keys seen so far, unsorted (threshold insertion): a tile's entries are compared with the buffer's
+minimum, the current (N-1)-th best, and only those above it are inserted, largest first, one per
+round. After m blocks a tile of BN blocks holds about BN * (N-1) / m such entries per query, so the
+rounds die out as the scan advances and the steady state is a max-reduction per tile and no sort.
 
 The block keys (means of k) are precomputed in float32 and split into a sum of NSPLIT half-precision
 parts (hi + lo), so two bf16 tensor-core products give the logits to about 2^-16 relative accuracy
 instead of the 2^-8 of a single bf16 rounding: the ranking then matches the float32 reference except
 between scores that are equal to within float rounding.
 
-Two kernels implement this. `_select_kernel` (version 1) is the plain form described above.
-`_select_kernel_v3` (the default) computes the same answer with less integer work per logit, which
-Nsight Compute showed to be the limit (the ALU pipe at 73%): a pass-1 shift known before the scan
-(no running maximum), no candidate masks on tiles every query may see, top-k insertion on float32
-scores with int64 keys only for the entries inserted, unmasked loads on full tiles, and a register
-cap that fits four programs per SM. Its section below says why each is exact.
+Nsight Compute shows the integer ALU pipe as this kernel's limit, so the per-logit path is kept short:
+  - Pass 1 needs no running maximum. Any shift m >= every logit of a row gives the same softmax, and
+    Cauchy-Schwarz gives one before the scan: |q . kbar_c| <= |q| max_c |kbar_c|. Each logit then
+    costs one FMA, one exp2 and one add (no row max, no rescaling exp, and a shorter MMA -> exp
+    dependency chain). If the bound is so loose that a row's sum falls below 2^-40 (logits far below
+    their Cauchy-Schwarz bound, possible for trained models with large norms), the program recomputes
+    the normalisers with an online maximum, so precision never depends on the bound.
+  - When BQ divides s, every query of a program lies in one s-token block and shares the candidate
+    set c < c_cur, so only the last, partial tile needs candidate masks and masked loads.
+  - Top-k insertion compares float32 scores; only the entries inserted become int64 keys.
+  - The scale is folded into the exp argument (one FMA per logit).
+  - A register cap lets four programs share an SM where it does not make the compiler spill.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -44,7 +48,6 @@ from ._common import LOG2E, interpreting, mma, next_pow2
 
 # Block b is stored as b ^ _LOW_MAX == _LOW_MAX - b in the low word of a key (lower block, larger key).
 _LOW_MAX = tl.constexpr(2**31 - 1)
-_NEG = tl.constexpr(-(2**62))  # key of a non-candidate: below every filler
 # Buffer slots beyond N-1 hold the largest int64, above every key, so they are never the minimum. (A
 # score of 2.0 or more, possible whenever the group has G >= 2 heads, has float bits >= 0x40000000, so
 # its key reaches 2^62: the padding must sit above the whole non-negative key range.)
@@ -122,55 +125,6 @@ def _program_rows(q_ptr, kb_ptr, T, HK, sq_b, sq_t, sq_h, skb_b, skb_h,
 
 
 @triton.jit
-def _select_kernel(
-    q_ptr, kb_ptr, out_ptr,
-    T, HK, NBF,
-    sq_b, sq_t, sq_h,
-    skb_b, skb_h, skb_part, skb_n,
-    so_b, so_t, so_h,
-    scale2,
-    S: tl.constexpr, N: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
-    D: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, BN1: tl.constexpr,
-    NSPLIT: tl.constexpr, IEEE: tl.constexpr, MERGE_BY_SORT: tl.constexpr,
-):
-    R: tl.constexpr = BQ * GP
-    pid_q, b, hk, row_ok, cur_row, q, kb_base, c_end, c_lo, t_q, cur_q, q_ok = _program_rows(
-        q_ptr, kb_ptr, T, HK, sq_b, sq_t, sq_h, skb_b, skb_h, S, G, GP, BQ, D, BD)
-
-    # Pass 1: per-row softmax normalisers over candidates c < c_t (log2 domain).
-    m_safe, l = _online_normalisers(q, kb_base, 0, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
-                                    R, BN1, D, BD, NSPLIT, IEEE)
-    inv_l = tl.where(l == 0, 0.0, 1.0 / l)  # no candidate: 0; a NaN sum (non-finite input) stays NaN
-
-    # Pass 2: group scores tile by tile, merged into a per-query top-(N-1) buffer of int64 keys.
-    slot = tl.arange(0, KB)[None, :]
-    if MERGE_BY_SORT:
-        # Buffer sorted descending, tile width KB: two sorts per tile (see the module docstring).
-        buf = tl.full((BQ, KB), -1, tl.int64)
-        for c0 in range(0, c_end, KB):
-            key = _score_keys(q, kb_base, c0, NBF, skb_n, skb_part, m_safe, inv_l, cur_row, row_ok, cur_q,
-                              scale2, KB, BQ, GP, D, BD, NSPLIT, IEEE, -1)
-            kth = tl.min(buf, 1)
-            if tl.max((key > kth[:, None]).to(tl.int32)) > 0:  # skip when no query improves
-                key = tl.sort(key, 1)  # ascending
-                buf = tl.sort(tl.maximum(buf, key), 1, descending=True)
-        buf = tl.where(slot < N - 1, buf, _PAD)
-    else:
-        # Unsorted buffer of exactly N-1 live slots (the rest hold _PAD, never replaced); empty slots
-        # hold distinct negative fillers so that the minimum, the current K-th best, is unique. Each
-        # tile only inserts its entries that beat the K-th best, largest first, one per round: after
-        # the first few tiles that is rarely more than one round, and no sort runs in the loop.
-        buf = tl.where(slot < N - 1, -1 - slot.to(tl.int64), _PAD) + tl.zeros((BQ, KB), tl.int64)
-        kth = tl.min(buf, 1)
-        for c0 in range(0, c_end, BN1):
-            key = _score_keys(q, kb_base, c0, NBF, skb_n, skb_part, m_safe, inv_l, cur_row, row_ok, cur_q,
-                              scale2, BN1, BQ, GP, D, BD, NSPLIT, IEEE, _NEG)
-            buf, kth = _insert_keys(buf, kth, key)
-
-    _store_selection(out_ptr, buf, slot, cur_q, t_q, q_ok, 0, b, hk, so_b, so_t, so_h, N, KB)
-
-
-@triton.jit
 def _online_normalisers(q, kb_base, c_lo, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
                         R: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                         NSPLIT: tl.constexpr, IEEE: tl.constexpr):
@@ -189,39 +143,42 @@ def _online_normalisers(q, kb_base, c_lo, c_end, NBF, skb_n, skb_part, cur_row, 
 
 
 @triton.jit
-def _score_keys(q, kb_base, c0, NBF, skb_n, skb_part, m_safe, inv_l, cur_row, row_ok, cur_q, scale2,
-                BN: tl.constexpr, BQ: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
-                NSPLIT: tl.constexpr, IEEE: tl.constexpr, EMPTY: tl.constexpr):
-    """int64 keys [BQ, BN] of the group scores of blocks c0 .. c0+BN-1; non-candidates get EMPTY."""
-    x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN, D, BD, NSPLIT, IEEE) * scale2
-    blk = c0 + tl.arange(0, BN)
-    cand = (blk[None, :] < cur_row[:, None]) & row_ok[:, None]  # padded heads score nothing
-    p = tl.where(cand, tl.exp2(x - m_safe[:, None]) * inv_l[:, None], 0.0)
-    score = _nan_first(tl.sum(tl.reshape(p, (BQ, GP, BN)), 1))  # [BQ, BN], the sum over the group
-    bits = score.to(tl.int32, bitcast=True).to(tl.int64)
-    key = (bits << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
-    return tl.where(blk[None, :] < cur_q[:, None], key, EMPTY)
+def _tile_probs(q, kb_base, c0, NBF, skb_n, skb_part, m, inv_l, cur_row, row_ok, scale2,
+                BN: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, NSPLIT: tl.constexpr, IEEE: tl.constexpr,
+                MASKED: tl.constexpr, NORMALISED: tl.constexpr):
+    """exp2(logit * scale2 - m) of blocks c0 .. c0+BN-1 per row, [R, BN], times inv_l if NORMALISED.
 
-
-# ------------------------------------------------------------------------------------------------
-# Version 3 (KERNEL = "v3"): version 1 with a shorter per-logit path, at version 1's register count.
-#  - FIXED_SHIFT: pass 1 needs no running maximum. Any shift m >= every logit of a row gives the same
-#    softmax, and Cauchy-Schwarz gives one before the scan: |q . kbar_c| <= |q| max_c |kbar_c|. Each
-#    logit then costs one FMA, one exp2 and one add (no row max, no rescaling exp, and a shorter
-#    MMA -> exp dependency chain). If the bound is so loose that the row's sum falls below 2^-40
-#    (logits far below their Cauchy-Schwarz bound, possible for trained models with large norms),
-#    the program recomputes the normalisers with the online maximum of version 1, so precision never
-#    depends on the bound.
-#  - UNIFORM (when BQ divides s): every query of a program lies in one s-token block and shares the
-#    candidate set c < c_cur, so only the last, partial tile needs a candidate mask.
-#  - The scale is folded into the exp argument (one FMA per logit).
-# Version 2's single K = NSPLIT * d product is not used: it keeps q twice in registers (+60 per
-# thread), which cost a third of the occupancy.
-# ------------------------------------------------------------------------------------------------
+    MASKED: zero outside each row's candidates, with masked loads. Unmasked tiles are those below
+    c_full, where the caller knows every block is a candidate of every row and within NBF."""
+    if MASKED:
+        x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN, D, BD, NSPLIT, IEEE)
+    else:
+        x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN, D, BD, NSPLIT, IEEE, BD == D)
+    e = tl.exp2(x * scale2 - m[:, None])
+    if NORMALISED:
+        e = e * inv_l[:, None]
+    if MASKED:
+        cand = ((c0 + tl.arange(0, BN))[None, :] < cur_row[:, None]) & row_ok[:, None]
+        e = tl.where(cand, e, 0.0)
+    return e
 
 
 @triton.jit
-def _select_kernel_v3(
+def _merge_tile(buf, kth, q, kb_base, c0, NBF, skb_n, skb_part, m, inv_l, cur_row, row_ok, cur_q, scale2,
+                BN: tl.constexpr, BQ: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
+                NSPLIT: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr):
+    """Pass 2 for one tile: group scores of blocks c0 .. c0+BN-1 merged into the top-(N-1) buffer."""
+    p = _tile_probs(q, kb_base, c0, NBF, skb_n, skb_part, m, inv_l, cur_row, row_ok, scale2,
+                    BN, D, BD, NSPLIT, IEEE, MASKED, True)
+    score = _nan_first(tl.sum(tl.reshape(p, (BQ, GP, BN)), 1))  # [BQ, BN], the sum over the group
+    blk = c0 + tl.arange(0, BN)
+    if MASKED:  # the query's own block and later ones are no candidates
+        score = tl.where(blk[None, :] < cur_q[:, None], score, -2.0)
+    return _insert_scores(buf, kth, score, blk)
+
+
+@triton.jit
+def _select_kernel(
     q_ptr, kb_ptr, kn_ptr, out_ptr,
     T, HK, NBF,
     sq_b, sq_t, sq_h,
@@ -230,8 +187,7 @@ def _select_kernel_v3(
     scale2,
     S: tl.constexpr, N: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, BQ: tl.constexpr,
     D: tl.constexpr, BD: tl.constexpr, KB: tl.constexpr, BN1: tl.constexpr,
-    NSPLIT: tl.constexpr, IEEE: tl.constexpr, UNIFORM: tl.constexpr, FIXED_SHIFT: tl.constexpr,
-    UNIFORM_PASS2: tl.constexpr, FLOAT_INSERT: tl.constexpr,
+    NSPLIT: tl.constexpr, IEEE: tl.constexpr, UNIFORM: tl.constexpr,
     bstart_ptr=None, bfirst_ptr=None, DOCS: tl.constexpr = False,
 ):
     R: tl.constexpr = BQ * GP
@@ -242,59 +198,39 @@ def _select_kernel_v3(
     else:
         c_full = c_lo
 
-    # Pass 1: per-row normalisers l = sum_c exp2(x_c - m), x = logit * scale * log2(e).
-    if FIXED_SHIFT:
-        qf = q.to(tl.float32)
-        m = tl.sqrt(tl.sum(qf * qf, 1)) * tl.load(kn_ptr + tl.program_id(1))  # kn = |scale2| max_c |kbar_c|, padded
-        l = tl.zeros((R,), tl.float32)
-        for c0 in range(c_lo, c_full, BN1):
-            x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE, BD == D)
-            l += tl.sum(tl.exp2(x * scale2 - m[:, None]), 1)
-        for c0 in range(c_full, c_end, BN1):
-            x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE)
-            cand = ((c0 + tl.arange(0, BN1))[None, :] < cur_row[:, None]) & row_ok[:, None]
-            l += tl.sum(tl.where(cand, tl.exp2(x * scale2 - m[:, None]), 0.0), 1)
-        # Also NaN: a non-finite key anywhere makes the shared bound inf or NaN; the exact pass then
-        # keeps the rows whose own candidates are finite finite.
-        loose = row_ok & (cur_row > c_lo) & ~(l >= 2.0 ** -40)
-        if tl.max(loose.to(tl.int32)) > 0:
-            m, l = _online_normalisers(q, kb_base, c_lo, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
-                                       R, BN1, D, BD, NSPLIT, IEEE)
-    else:
+    # Pass 1: per-row normalisers l = sum_c exp2(x_c - m), x = logit * scale * log2(e), with the
+    # Cauchy-Schwarz shift m.
+    qf = q.to(tl.float32)
+    m = tl.sqrt(tl.sum(qf * qf, 1)) * tl.load(kn_ptr + tl.program_id(1))  # kn = |scale2| max_c |kbar_c|, padded
+    l = tl.zeros((R,), tl.float32)
+    for c0 in range(c_lo, c_full, BN1):
+        l += tl.sum(_tile_probs(q, kb_base, c0, NBF, skb_n, skb_part, m, l, cur_row, row_ok, scale2,
+                                BN1, D, BD, NSPLIT, IEEE, False, False), 1)
+    for c0 in range(c_full, c_end, BN1):
+        l += tl.sum(_tile_probs(q, kb_base, c0, NBF, skb_n, skb_part, m, l, cur_row, row_ok, scale2,
+                                BN1, D, BD, NSPLIT, IEEE, True, False), 1)
+    # Also NaN: a non-finite key anywhere makes the shared bound inf or NaN; the exact pass then
+    # keeps the rows whose own candidates are finite finite.
+    loose = row_ok & (cur_row > c_lo) & ~(l >= 2.0 ** -40)
+    if tl.max(loose.to(tl.int32)) > 0:
         m, l = _online_normalisers(q, kb_base, c_lo, c_end, NBF, skb_n, skb_part, cur_row, row_ok, scale2,
                                    R, BN1, D, BD, NSPLIT, IEEE)
     # Padded heads, rows past T and rows without candidates score nothing; a NaN sum (a non-finite
     # input among the row's candidates) stays NaN, as in the reference.
     inv_l = tl.where((l == 0) | ~row_ok, 0.0, 1.0 / l)
 
-    # Pass 2: group scores into the unsorted top-(N-1) buffer by threshold insertion (as version 1).
+    # Pass 2: group scores into the unsorted top-(N-1) buffer by threshold insertion. Buffer slots
+    # beyond N-1 hold _PAD (never replaced); empty slots hold distinct negative fillers so that the
+    # minimum, the current K-th best, is unique.
     slot = tl.arange(0, KB)[None, :]
     buf = tl.where(slot < N - 1, -1 - slot.to(tl.int64), _PAD) + tl.zeros((BQ, KB), tl.int64)
     kth = tl.min(buf, 1)
-    if not UNIFORM_PASS2:
-        c_full = c_lo  # every pass-2 tile masked: the unmasked loop costs ~35 registers (203 vs 168)
     for c0 in range(c_lo, c_full, BN1):
-        x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE, BD == D)
-        p = tl.exp2(x * scale2 - m[:, None]) * inv_l[:, None]
-        score = _nan_first(tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1))
-        blk = c0 + tl.arange(0, BN1)
-        if FLOAT_INSERT:
-            buf, kth = _insert_scores(buf, kth, score, blk)
-        else:
-            key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
-            buf, kth = _insert_keys(buf, kth, key)
+        buf, kth = _merge_tile(buf, kth, q, kb_base, c0, NBF, skb_n, skb_part, m, inv_l, cur_row, row_ok, cur_q,
+                               scale2, BN1, BQ, GP, D, BD, NSPLIT, IEEE, False)
     for c0 in range(c_full, c_end, BN1):
-        x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN1, D, BD, NSPLIT, IEEE)
-        blk = c0 + tl.arange(0, BN1)
-        cand = (blk[None, :] < cur_row[:, None]) & row_ok[:, None]
-        p = tl.where(cand, tl.exp2(x * scale2 - m[:, None]) * inv_l[:, None], 0.0)
-        score = _nan_first(tl.sum(tl.reshape(p, (BQ, GP, BN1)), 1))
-        if FLOAT_INSERT:
-            buf, kth = _insert_scores(buf, kth, tl.where(blk[None, :] < cur_q[:, None], score, -2.0), blk)
-        else:
-            key = (score.to(tl.int32, bitcast=True).to(tl.int64) << 32) | (blk ^ _LOW_MAX).to(tl.int64)[None, :]
-            key = tl.where(blk[None, :] < cur_q[:, None], key, _NEG)
-            buf, kth = _insert_keys(buf, kth, key)
+        buf, kth = _merge_tile(buf, kth, q, kb_base, c0, NBF, skb_n, skb_part, m, inv_l, cur_row, row_ok, cur_q,
+                               scale2, BN1, BQ, GP, D, BD, NSPLIT, IEEE, True)
 
     _store_selection(out_ptr, buf, slot, cur_q, t_q, q_ok, c_lo, b, hk, so_b, so_t, so_h, N, KB)
 
@@ -315,8 +251,9 @@ def _key_score(kth):
 @triton.jit
 def _insert_scores(buf, kth, score, blk):
     """Threshold insertion of a tile of float32 group scores [BQ, BN] (non-candidates < 0) of blocks
-    blk [BN] into the int64 key buffer: the exact result of `_insert_keys`, with float32 work per
-    element instead of int64 (Nsight Compute: version 1 is bound by the integer ALU pipe).
+    blk [BN] into the int64 key buffer: the same buffer as inserting every entry's int64 key above the
+    K-th best, largest first, with float32 work per element instead of int64 (the integer ALU pipe
+    bounds this kernel).
 
     A strictly larger score than the K-th best's is needed: blocks are scanned in ascending order and
     equal scores within a tile are taken lowest block first, so an entry that only ties the K-th best
@@ -356,20 +293,6 @@ def _store_selection(out_ptr, buf, slot, cur_q, t_q, q_ok, c_lo, b, hk, so_b, so
     sel = tl.where(sel == BIG, -1, sel - c_lo)
     tl.store(out_ptr + b * so_b + t_q[:, None] * so_t + hk * so_h + slot, sel,
              mask=q_ok[:, None] & (slot < N))
-
-
-@triton.jit
-def _insert_keys(buf, kth, key):
-    """Insert the entries of key [BQ, BN] above the K-th best kth [BQ] into the unsorted buffer."""
-    key = tl.where(key > kth[:, None], key, _NEG)
-    top = tl.max(key, 1)
-    while tl.max((top > kth).to(tl.int32)) > 0:
-        put = top > kth
-        buf = tl.where((buf == kth[:, None]) & put[:, None], top[:, None], buf)
-        kth = tl.min(buf, 1)
-        key = tl.where((key > kth[:, None]) & (key != top[:, None]), key, _NEG)
-        top = tl.max(key, 1)
-    return buf, kth
 
 
 @triton.jit
@@ -426,29 +349,42 @@ def block_keys_and_bound(k: torch.Tensor, block_size: int, nsplit: int, factor: 
     return kb, kn
 
 
-# Top-k maintenance: False = threshold insertion (default), True = bitonic sort-merge per tile.
-MERGE_BY_SORT = False
-# Kernel version: "v3" (default) or "v1" (the first kernel: online max in pass 1, every tile masked,
-# int64 keys for the whole tile). v1 stays as the plain form of the algorithm that v3 must equal; v3
-# is the default because it does less integer work per tile, which is what limits this kernel
-# (benchmarks/RESULTS.md has the timings). A version with concatenated key parts and an MMA group
-# sum was slower than v3 at every length and was removed.
-KERNEL = "v3"
-FIXED_SHIFT = True  # v3: pass-1 shift from the Cauchy-Schwarz bound (else the online max)
-FLOAT_INSERT = True  # v3: top-k insertion on float32 scores, int64 keys only for the entries inserted
-UNIFORM = True  # v3: block-uniform programs skip the candidate masks on full tiles ...
-UNIFORM_PASS2 = True  # ... in pass 2 too (+30 registers, which MAXNREG takes back at the benchmark shape)
-MAXNREG = 128  # v3: register cap per thread (4 programs of 4 warps per SM); dropped per shape if it spills
-# Launch shape (benchmarks/ab.py times the alternatives): rows (query x head) per program,
-# blocks per tile, warps. Module attributes so a sweep can change them without editing code.
-ROWS = 128
-BLOCK_TILE = 32
-NUM_WARPS = 4
-NUM_STAGES = 3  # v3: software-pipelining depth of the block-key loads (hides their latency at long T)
+def _power_of_two(x) -> bool:
+    return isinstance(x, int) and x > 0 and x & (x - 1) == 0
+
+
+@dataclass(frozen=True)
+class SelectLaunch:
+    """Launch settings of the selection kernel. The defaults serve every shape: they are the fastest
+    measured at the benchmark shape (HQ=16, HK=1, d=64, s=16, n=16, bf16; benchmarks/ab.py times
+    alternatives by passing another instance to `select_blocks`), and `_launch_shape` derives the
+    tile from them per shape. No setting changes the answer, only the speed."""
+
+    rows: int = 128  # (query, head) rows per program: a full tensor-core tile
+    block_tile: int = 32  # candidate blocks per tile
+    num_warps: int = 4
+    num_stages: int = 3  # software-pipelining depth of the block-key loads (hides their latency at long T)
+    # Register cap per thread: four programs of four warps per SM. Wider shapes (d=128, n>16, small
+    # groups) would spill under it, so a launch shape that spilled runs uncapped (`_launch_capped`).
+    maxnreg: int | None = 128
+
+    def __post_init__(self):
+        for name in ("rows", "block_tile"):
+            if not (_power_of_two(getattr(self, name)) and getattr(self, name) >= 16):
+                raise ValueError(f"SelectLaunch.{name} must be a power of two >= 16, got {getattr(self, name)!r}")
+        if not (_power_of_two(self.num_warps) and self.num_warps <= 32):
+            raise ValueError(f"SelectLaunch.num_warps must be a power of two <= 32, got {self.num_warps!r}")
+        if not (isinstance(self.num_stages, int) and self.num_stages >= 1):
+            raise ValueError(f"SelectLaunch.num_stages must be an int >= 1, got {self.num_stages!r}")
+        if self.maxnreg is not None and not (isinstance(self.maxnreg, int) and self.maxnreg > 0):
+            raise ValueError(f"SelectLaunch.maxnreg must be None or a positive int, got {self.maxnreg!r}")
+
+
+DEFAULT_LAUNCH = SelectLaunch()
 
 
 def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count: int, scale: float,
-                  table=None) -> torch.Tensor:
+                  table=None, launch: SelectLaunch = DEFAULT_LAUNCH) -> torch.Tensor:
     """Launch the fused selection kernel. q, k fp16/bf16/fp32 with unit stride in the last dim.
 
     table: the block table of packed documents (`_documents.py`; batch 1), or None."""
@@ -462,61 +398,7 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
     # fp16 has a narrow exponent range, so its low part may lose bits to subnormals; a third part
     # costs one more product and keeps it accurate.
     nsplit = 1 if ieee else (2 if q.dtype == torch.bfloat16 else 3)
-    if KERNEL == "v3" or table is not None:
-        return _select_v3(q, k, block_size, block_count, scale, nsplit, out, table)
-    kb, _ = block_keys_and_bound(k, block_size, nsplit, 0.0)  # v1 needs no shift bound
-    KB, BQ, GP, BD = _launch_shape(G, block_count, D)
-    BN1 = BLOCK_TILE
-    grid = (triton.cdiv(T, BQ), B * HK)
-    _select_kernel[grid](
-        q, kb, out,
-        T, HK, kb.shape[3],
-        q.stride(0), q.stride(1), q.stride(2),
-        kb.stride(0), kb.stride(1), kb.stride(2), kb.stride(3),
-        out.stride(0), out.stride(1), out.stride(2),
-        scale * LOG2E,
-        S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BN1,
-        NSPLIT=nsplit, IEEE=ieee, MERGE_BY_SORT=MERGE_BY_SORT,
-        num_warps=NUM_WARPS, num_stages=2,
-    )
-    return out
-
-
-_CAP_SPILLS: dict[tuple, bool] = {}  # launch shape -> whether MAXNREG made the compiler spill
-
-
-def _launch_capped(kernel, grid, args, meta):
-    """Launch with the MAXNREG register cap unless this launch shape spilled under it before.
-
-    The cap buys a fourth resident program per SM at the benchmark shape (128 registers, no spills);
-    wider shapes (d=128, n>16, small groups) would spill under it, so the first launch of a shape
-    checks the compiled kernel and later launches of that shape run uncapped if it spilled."""
-    key = (kernel.fn.__name__, *sorted((k, v) for k, v in meta.items() if not isinstance(v, torch.Tensor)))
-    if interpreting() or MAXNREG is None or _CAP_SPILLS.get(key, False):
-        return kernel[grid](*args, **meta)
-    compiled = kernel[grid](*args, **meta, maxnreg=MAXNREG)
-    if key not in _CAP_SPILLS:
-        _CAP_SPILLS[key] = getattr(compiled, "n_spills", 0) > 0
-    return compiled
-
-
-def _launch_shape(G: int, block_count: int, D: int):
-    """Top-K buffer width KB, queries per program BQ, padded group GP and padded head dim BD."""
-    KB = max(16, next_pow2(block_count))  # > N-1: one spare slot takes the current block
-    GP0 = next_pow2(G)
-    # Rows per program ~ROWS for the tensor cores; fewer queries when the top-K buffer is wide so the
-    # [BQ, KB] int64 buffer stays in registers.
-    BQ = max(1, min(ROWS // GP0, 2048 // KB))
-    GP = max(GP0, 16 // BQ)  # at least 16 rows for tl.dot: pad heads when the group is tiny
-    BD = max(16, next_pow2(D))
-    return KB, BQ, GP, BD
-
-
-def _select_v3(q, k, block_size, block_count, scale, nsplit, out, table=None):
-    B, T, HQ, D = q.shape
-    HK = k.shape[2]
-    G = HQ // HK
-    KB, BQ, GP, BD = _launch_shape(G, block_count, D)
+    KB, BQ, GP, BD = _launch_shape(G, block_count, D, launch.rows)
     grid_len = T
     docs = {}
     if table is not None:
@@ -530,12 +412,41 @@ def _select_v3(q, k, block_size, block_count, scale, nsplit, out, table=None):
     # rounding of the products (the parts sum to kbar within 2^-16) and of the norm itself.
     kb, knorm = block_keys_and_bound(k, block_size, nsplit, abs(scale2) * (1 + 2.0 ** -8), table)
     _launch_capped(
-        _select_kernel_v3, (triton.cdiv(grid_len, BQ), B * HK),
+        _select_kernel, (triton.cdiv(grid_len, BQ), B * HK), launch.maxnreg,
         (q, kb, knorm, out, T, HK, kb.shape[3], q.stride(0), q.stride(1), q.stride(2),
          kb.stride(0), kb.stride(1), kb.stride(2), kb.stride(3), out.stride(0), out.stride(1), out.stride(2), scale2),
-        dict(S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=BLOCK_TILE,
-             NSPLIT=nsplit, IEEE=q.dtype == torch.float32, UNIFORM=UNIFORM and block_size % BQ == 0,
-             FIXED_SHIFT=FIXED_SHIFT, UNIFORM_PASS2=UNIFORM_PASS2, FLOAT_INSERT=FLOAT_INSERT, **docs,
-             num_warps=NUM_WARPS, num_stages=NUM_STAGES),
+        dict(S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=launch.block_tile,
+             NSPLIT=nsplit, IEEE=ieee, UNIFORM=block_size % BQ == 0, **docs,
+             num_warps=launch.num_warps, num_stages=launch.num_stages),
     )
     return out
+
+
+_CAP_SPILLS: dict[tuple, bool] = {}  # (launch shape, cap) -> whether the register cap made the compiler spill
+
+
+def _launch_capped(kernel, grid, maxnreg, args, meta):
+    """Launch with the register cap unless this launch shape spilled under it before.
+
+    The cap buys a fourth resident program per SM at the benchmark shape (128 registers, no spills);
+    wider shapes (d=128, n>16, small groups) would spill under it, so the first launch of a shape
+    checks the compiled kernel and later launches of that shape run uncapped if it spilled."""
+    key = (kernel.fn.__name__, maxnreg, *sorted((k, v) for k, v in meta.items() if not isinstance(v, torch.Tensor)))
+    if interpreting() or maxnreg is None or _CAP_SPILLS.get(key, False):
+        return kernel[grid](*args, **meta)
+    compiled = kernel[grid](*args, **meta, maxnreg=maxnreg)
+    if key not in _CAP_SPILLS:
+        _CAP_SPILLS[key] = getattr(compiled, "n_spills", 0) > 0
+    return compiled
+
+
+def _launch_shape(G: int, block_count: int, D: int, rows: int):
+    """Top-K buffer width KB, queries per program BQ, padded group GP and padded head dim BD."""
+    KB = max(16, next_pow2(block_count))  # > N-1: one spare slot takes the current block
+    GP0 = next_pow2(G)
+    # Rows per program ~rows for the tensor cores; fewer queries when the top-K buffer is wide so the
+    # [BQ, KB] int64 buffer stays in registers.
+    BQ = max(1, min(rows // GP0, 2048 // KB))
+    GP = max(GP0, 16 // BQ)  # at least 16 rows for tl.dot: pad heads when the group is tiny
+    BD = max(16, next_pow2(D))
+    return KB, BQ, GP, BD
