@@ -5,8 +5,8 @@
 # bench:   `ssa bench attention` and `ssa bench train-step` (GPT-2 vocabulary, and padded to 50304)
 # profile: Nsight Compute of the default selection kernel at 32k, torch.profiler of the train step
 #          (kernel time by group), host enqueue time vs GPU time per step
-# ab:      selection variants side by side (benchmarks/ab.py: selection alone, sparse forward and
-#          the train step with the fastest variant; writes $OUT/best_select.json)
+# ab:      selection launch settings side by side (benchmarks/ab.py: selection alone, sparse forward,
+#          the train step at the defaults)
 # all:     tests, then bench
 set -o pipefail
 OUT=${OUT:-/tmp/ssa_bench}

@@ -1,6 +1,6 @@
-"""Compile the selection kernel variants for the H100 (sm_90a) on a machine without a GPU and print
+"""Compile the selection kernel at several launch settings for the H100 (sm_90a) on a machine without a GPU and print
 their register count, spills and shared memory (ptxas -v), so that a device run only times variants
-that keep the occupancy they were meant to have.
+that keep the occupancy they were meant to have (a variant is timed with `benchmarks/ab.py`).
 
     python benchmarks/offline_regs.py            # the benchmark shape: HQ=16, HK=1, d=64, s=16, n=16, bf16
 
@@ -67,7 +67,8 @@ def main(argv):
     common_rt = {"q_ptr": "*bf16", "kb_ptr": "*bf16", "out_ptr": "*i32", "T": i32, "HK": i32, "NBF": i32,
                  "sq_b": i32, "sq_t": i32, "sq_h": i32, "skb_b": i32, "skb_h": i32, "skb_part": i32,
                  "skb_n": i32, "so_b": i32, "so_t": i32, "so_h": i32, "scale2": f32, "kn_ptr": "*fp32"}
-    base = dict(S=16, N=16, G=16, GP=16, BQ=8, D=64, BD=64, KB=16, BN1=64, NSPLIT=2, IEEE=False)
+    base = dict(S=16, N=16, G=16, GP=16, BQ=8, D=64, BD=64, KB=16, BN1=64, NSPLIT=2, IEEE=False,
+                bstart_ptr=None, bfirst_ptr=None, DOCS=False)  # no packed documents
     rows = []
     for name, fn, extra, opts in VARIANTS:
         ce = {**base, **extra}
@@ -77,25 +78,15 @@ def main(argv):
         print(f"{name:40s} regs {regs:4d}  spill st/ld {st}/{ld} B  smem {smem} B", flush=True)
 
 
-V1 = _select._select_kernel
-VARIANTS = [
-    ("v1", V1, dict(MERGE_BY_SORT=False), {}),
+KERNEL = _select._select_kernel
+_BASE = dict(UNIFORM=True)  # BQ=8 divides s=16: block-uniform programs, as at the benchmark shape
+VARIANTS = [  # (name, kernel, constexprs over `base`, compile options); the default is BN1=32, maxnreg 128
+    ("bn64", KERNEL, _BASE, {}),
+    ("bn32", KERNEL, {**_BASE, "BN1": 32}, {}),
+    ("bn32 maxnreg 128 (default)", KERNEL, {**_BASE, "BN1": 32}, {"maxnreg": 128}),
+    ("bn32 maxnreg 96", KERNEL, {**_BASE, "BN1": 32}, {"maxnreg": 96}),
+    ("bn64 maxnreg 128", KERNEL, _BASE, {"maxnreg": 128}),
+    ("bn16", KERNEL, {**_BASE, "BN1": 16}, {}),
 ]
-V3 = _select._select_kernel_v3
-_V3 = dict(UNIFORM=True, FIXED_SHIFT=True, UNIFORM_PASS2=False, FLOAT_INSERT=True)
-VARIANTS += [
-    ("v3", V3, _V3, {}),
-    ("v3 bn32", V3, {**_V3, "BN1": 32}, {}),
-    ("v3 bn32 maxnreg 96", V3, {**_V3, "BN1": 32}, {"maxnreg": 96}),
-    ("v3 bn32 u2", V3, {**_V3, "UNIFORM_PASS2": True, "BN1": 32}, {}),
-    ("v3 bn32 u2 maxnreg 128", V3, {**_V3, "UNIFORM_PASS2": True, "BN1": 32}, {"maxnreg": 128}),
-    ("v3 bn32 u2 maxnreg 96", V3, {**_V3, "UNIFORM_PASS2": True, "BN1": 32}, {"maxnreg": 96}),
-    ("v3 u2", V3, {**_V3, "UNIFORM_PASS2": True}, {}),
-    ("v3 u2 maxnreg 128", V3, {**_V3, "UNIFORM_PASS2": True}, {"maxnreg": 128}),
-    ("v3 bn16 u2", V3, {**_V3, "UNIFORM_PASS2": True, "BN1": 16}, {}),
-    ("v3 int64 bn32 u2 maxnreg 128 (call 1 best)", V3, {**_V3, "UNIFORM_PASS2": True, "BN1": 32, "FLOAT_INSERT": False},
-     {"maxnreg": 128}),
-]
-
 if __name__ == "__main__":
     main(sys.argv[1:])

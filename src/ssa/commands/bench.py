@@ -46,9 +46,6 @@ def add_arguments(parser) -> None:
     a.add_argument("--forward-only", action="store_true",
                    help="time selection and the forward only (no backward, peak memory or FlexAttention)")
     a.add_argument("--json", default=None, help="also write the results to this JSON file")
-    a.add_argument("--select-config", default=None,
-                   help="JSON file of selection launch settings (e.g. best_select.json from benchmarks/ab.py) to "
-                        "use instead of the defaults in ssa.ops.triton._select")
 
     from .bench_decode import add_arguments as add_decode_arguments
 
@@ -76,11 +73,6 @@ def add_arguments(parser) -> None:
     t.add_argument("--peak-tflops", type=float, default=None,
                    help="peak bf16 TFLOP/s of the GPU for MFU (default: a table by device name)")
     t.add_argument("--json", default=None)
-    t.add_argument("--select-config", default=None, help="as for `ssa bench attention`")
-    t.add_argument("--index-build", choices=("torch", "triton", "fused"), default=None,
-                   help="how the backward builds its inverted index (default: the library's)")
-    t.add_argument("--select-kernel", choices=("v1", "v3"), default=None,
-                   help="selection kernel version (default: the library's)")
 
 
 def run(args) -> int:
@@ -210,18 +202,6 @@ def _flex_runner(q, k, v, idx, s, scale):
     return lambda: flex(qt, kt, vt, block_mask=mask, scale=scale, enable_gqa=True).transpose(1, 2)
 
 
-def _apply_select_config(path):
-    if not path:
-        return
-    from ..ops.triton import _select
-
-    with open(path) as f:
-        for name, value in json.load(f).items():
-            if not hasattr(_select, name):
-                raise ValueError(f"--select-config: unknown setting {name!r}")
-            setattr(_select, name, value)
-
-
 def _warm_up(dtype, B, HQ, HK, D, s, n, scale):
     """Compile the kernels and wake the GPU clocks before the first timed length."""
     from ..ops import block_sparse_attention
@@ -239,7 +219,6 @@ def bench_attention(args) -> dict:
     from ..ops import block_sparse_attention, select_blocks
 
     dtype = getattr(torch, args.dtype)
-    _apply_select_config(args.select_config)
     B, HQ, HK, D, s, n = args.batch, args.q_heads, args.kv_heads, args.head_dim, args.block_size, args.block_count
     scale = D ** -0.5
     env = environment()
@@ -274,15 +253,6 @@ def bench_attention(args) -> dict:
             continue
         o = block_sparse_attention(q, k, v, s, n, idx, scale, backend="triton")
         row["sparse_bwd_ms"] = _median_ms(lambda: o.backward(do, retain_graph=True), args.rep_ms, leaves)
-        # The alternative inverted-index build (Triton kernels instead of PyTorch ops), for comparison.
-        from ..ops.triton import _attention
-
-        default_build, _attention.INDEX_BUILD = _attention.INDEX_BUILD, "triton"
-        try:
-            row["sparse_bwd_triton_index_ms"] = _median_ms(
-                lambda: o.backward(do, retain_graph=True), args.rep_ms, leaves)
-        finally:
-            _attention.INDEX_BUILD = default_build
         o = dense()  # the backward of the fastest forward variant
         row["sdpa_bwd_ms"] = _median_ms(lambda: o.backward(do, retain_graph=True), args.rep_ms, leaves)
         del o
@@ -325,8 +295,6 @@ def bench_attention(args) -> dict:
             print(f"| {r['T'] // 1024}k | {r['select_ms']:.3f} | {r['sparse_fwd_ms']:.3f} | {r['sdpa_fwd_ms']:.3f} "
                   f"| {r['dense_baseline']} | {r['fwd_speedup']:.2f} |")
         return {"env": env, "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}
-    print("\nsparse bwd with the Triton-built inverted index (ms): "
-          + ", ".join(f"{r['T'] // 1024}k {r['sparse_bwd_triton_index_ms']:.3f}" for r in rows))
     print("\nDense baseline: the fastest of SDPA's default dispatch and each backend, GQA-native and with "
           "K/V expanded (named per row); its backward is that variant's backward.")
     print("\n| T | select ms | sparse fwd ms | dense fwd ms | dense baseline | fwd x | sparse bwd ms | dense bwd ms "
@@ -434,16 +402,6 @@ def _time_window(run: dict, steps: int) -> None:
 
 
 def bench_train_step(args) -> dict:
-
-    _apply_select_config(args.select_config)
-    if args.index_build:
-        from ..ops.triton import _attention
-
-        _attention.INDEX_BUILD = args.index_build
-    if getattr(args, "select_kernel", None):
-        from ..ops.triton import _select
-
-        _select.KERNEL = args.select_kernel
     shape = preset_shape(args.preset, args.layers, args.full_ratio, args.seq_len)
     for item in args.set or []:  # --set model.KEY=VALUE, as `ssa train --set`
         from ..training.config import parse_override

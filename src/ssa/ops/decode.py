@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_backend, check_positive_int, check_scale
-from .reference import _SDPA_HAS_GQA, top_blocks
+from .reference import _SDPA_HAS_GQA, group_block_scores, masked_softmax, top_blocks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,23 +107,21 @@ def _query_positions(lengths, T):
 # reference implementations (q [B, T, HQ, D])
 
 
-def _candidate_probs(q, means, lengths, block_size, scale):
-    """Per-head softmax over each query's complete blocks: [B, T, HK, G, NB] float32 and the
-    candidate mask [B, T, NB] (a query with no candidate gets all zeros)."""
+def _candidate_logits(q, means, lengths, block_size, scale):
+    """Per-head logits over the block means [B, T, HK, G, NB] float32, the candidate mask [B, T, NB]
+    (each query's complete blocks before its own) and each query's own block [B, T]."""
     B, T, HQ, D = q.shape
     NB, HK = means.shape[1], means.shape[2]
     current = _query_positions(lengths, T) // block_size  # [B, T]
     logits = torch.einsum("bthgd,bnhd->bthgn", q.float().view(B, T, HK, HQ // HK, D), means.float()) * scale
     candidate = torch.arange(NB, device=q.device)[None, None, :] < current[..., None]
-    logits = logits.masked_fill(~candidate[:, :, None, None, :], float("-inf"))
-    return torch.softmax(logits, dim=-1).nan_to_num(0.0), candidate, current
+    return logits, candidate, current
 
 
 def select_blocks_decode_reference(q, kbar, lengths, block_size: int, block_count: int, scale: float):
     """§1.1 selection per query and KV head: int32 [B, T, HK, block_count], sorted, -1 last."""
-    probs, candidate, current = _candidate_probs(q, kbar, lengths, block_size, scale)
-    score = probs.sum(3)  # [B, T, HK, NB], the group sum
-    score = torch.where(candidate[:, :, None, :], score, torch.full_like(score, -1.0))
+    logits, candidate, current = _candidate_logits(q, kbar, lengths, block_size, scale)
+    score = group_block_scores(logits, candidate[:, :, None, :])  # [B, T, HK, NB]
     blocks = torch.arange(kbar.shape[1], device=q.device)
     is_current = (blocks[None, None, :] == current[..., None])[:, :, None, :]
     return top_blocks(score, is_current, block_count)
@@ -141,8 +139,7 @@ def _attend_positions(q, k_cache, v_cache, pos, visible, scale):
     k = k_cache[batch, pos, head].to(dtype)  # [B, T, HK, M, D]
     v = v_cache[batch, pos, head].to(dtype)
     logits = torch.einsum("bthgd,bthmd->bthgm", q.to(dtype).view(B, T, HK, G, D), k) * scale
-    logits = logits.masked_fill(~visible[:, :, :, None, :], float("-inf"))
-    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    probs = masked_softmax(logits, visible[:, :, :, None, :])
     return torch.einsum("bthgm,bthmd->bthgd", probs, v).reshape(B, T, HQ, D).to(q.dtype)
 
 
@@ -231,7 +228,8 @@ def compressed_decode(q, kbar, vbar, lengths, block_size: int = 16, scale=None):
     scale = check_scale(scale, q4.shape[-1])
     B, T, HQ, D = q4.shape
     _check_lengths(lengths, B, T, kbar.shape[1] * block_size + block_size - 1)
-    probs, _, _ = _candidate_probs(q4, kbar, lengths, block_size, scale)  # first block: nothing -> 0
+    logits, candidate, _ = _candidate_logits(q4, kbar, lengths, block_size, scale)
+    probs = masked_softmax(logits, candidate[:, :, None, None, :])  # first block: nothing -> 0
     o = torch.einsum("bthgn,bnhd->bthgd", probs, vbar.float()).reshape(B, T, HQ, D).to(q.dtype)
     return back(o)
 

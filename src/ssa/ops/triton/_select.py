@@ -152,13 +152,13 @@ def _tile_probs(q, kb_base, c0, NBF, skb_n, skb_part, m, inv_l, cur_row, row_ok,
     c_full, where the caller knows every block is a candidate of every row and within NBF."""
     if MASKED:
         x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN, D, BD, NSPLIT, IEEE)
+        cand = ((c0 + tl.arange(0, BN))[None, :] < cur_row[:, None]) & row_ok[:, None]
     else:
         x = _kbar_logits(q, kb_base, c0, NBF, skb_n, skb_part, BN, D, BD, NSPLIT, IEEE, BD == D)
     e = tl.exp2(x * scale2 - m[:, None])
     if NORMALISED:
         e = e * inv_l[:, None]
     if MASKED:
-        cand = ((c0 + tl.arange(0, BN))[None, :] < cur_row[:, None]) & row_ok[:, None]
         e = tl.where(cand, e, 0.0)
     return e
 
