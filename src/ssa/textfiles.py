@@ -20,12 +20,17 @@ def read_json_object(path: Path, what: str) -> dict:
         raise FileNotFoundError(f"{what} {path} does not exist") from None
     except OSError as err:
         raise ValueError(f"{what} {path} could not be read: {err}") from None
+    return parse_json_object(text, f"{what} {path}")
+
+
+def parse_json_object(text: str, where: str) -> dict:
+    """The JSON object in `text`, read from `where` (a file, or file:line); one-line errors name it."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{what} {path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+        raise ValueError(f"{where} is not valid JSON ({err})") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{what} {path} must hold a JSON object")
+        raise ValueError(f"{where} must hold a JSON object")
     return obj
 
 
@@ -37,13 +42,7 @@ def iter_jsonl(path: Path, label: str = "file") -> Iterator[tuple[int, dict]]:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{label} {path}:{lineno} is not valid JSON ({err.msg})") from None
-                if not isinstance(record, dict):
-                    raise ValueError(f"{label} {path}:{lineno} is not a JSON object")
-                yield lineno, record
+                yield lineno, parse_json_object(line, f"{label} {path}:{lineno}")
     except (OSError, EOFError, UnicodeDecodeError, zlib.error) as err:
         raise ValueError(f"{label} {path} could not be read: {err}") from None
 

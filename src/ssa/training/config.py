@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..textfiles import read_json_object as _read_json
 from .data import DataSpec
+from .keys import spec_from_dict
 
 METHODS = ("full", "moba", "nsa", "ssa")
 SECTIONS = ("model", "train", "data")
@@ -83,13 +84,7 @@ class TrainSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainSpec":
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - allowed)
-        if unknown:
-            raise ValueError(f"unknown train key(s) {unknown}; allowed: {sorted(allowed)}")
-        spec = cls(**d)
-        spec.validate()
-        return spec
+        return spec_from_dict(cls, d, "train")
 
     def validate(self) -> None:
         def pos_int(name, minimum=1):

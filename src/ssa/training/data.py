@@ -45,6 +45,7 @@ import numpy as np
 
 from ssa.textfiles import iter_file_documents
 
+from .keys import spec_from_dict
 from .shards import is_shard_source, open_split, shard_dir
 from .synthetic import CopySpec, RecallSpec, copy_documents, recall_documents
 from .tokenizer import encode_document, require_data_dir, tokenizer_fingerprint
@@ -138,12 +139,7 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataSpec":
-        allowed = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - allowed)
-        if unknown:
-            raise ValueError(f"unknown data key(s) {unknown}; allowed: {sorted(allowed)}")
-        spec = cls(**d)
-        spec.validate()
+        spec = spec_from_dict(cls, d, "data")
         if spec.source in SYNTHETIC:
             # Record every generator setting, so a run's data stays reproducible if defaults change.
             from dataclasses import asdict
@@ -173,14 +169,7 @@ class DataSpec:
     def recall_spec(self):
         """The generator settings of a synthetic source (RecallSpec or CopySpec)."""
         cls = SYNTHETIC.get(self.source, (RecallSpec,))[0]
-        extra = dict(self.synthetic or {})
-        allowed = set(cls.__dataclass_fields__)
-        unknown = sorted(set(extra) - allowed)
-        if unknown:
-            raise ValueError(f"unknown data.synthetic key(s) {unknown}; allowed: {sorted(allowed)}")
-        spec = cls(**extra)
-        spec.validate()
-        return spec
+        return spec_from_dict(cls, dict(self.synthetic or {}), "data.synthetic")
 
 
 def _sibling_val(files: list[Path]) -> list[Path] | None:
