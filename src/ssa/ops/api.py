@@ -120,9 +120,10 @@ def _implementation(name: str, backend: str, x):
     return fast or getattr(reference, name)
 
 
-def _per_document_op(name, size_name, size, q, k, v, scale, backend, cu_seqlens):
-    """Checks and dispatch of the ops that take one size (block or window) and, with `cu_seqlens`,
-    run each packed document on its own: one launch per document."""
+def _nsa_branch(name, size_name, size, q, k, v, scale, backend, cu_seqlens):
+    """Checks and dispatch of the NSA branches, which take one size (block or window). With
+    `cu_seqlens` the Triton path runs all packed documents in one launch; the reference runs each
+    document on its own (it is the definition)."""
     B, T, _, _, D = check_qkv(q, k, v)
     check_positive_int(size_name, size)
     scale = check_scale(scale, D)
@@ -130,21 +131,25 @@ def _per_document_op(name, size_name, size, q, k, v, scale, backend, cu_seqlens)
     if cu_seqlens is None:
         return fn(q, k, v, size, scale)
     check_cu_seqlens(cu_seqlens, B, T, q.device)
-    return reference.per_document(lambda *x: fn(*x, size, scale), cu_seqlens, q, k, v)
+    if fn is getattr(reference, name):
+        return reference.per_document(lambda *x: fn(*x, size, scale), cu_seqlens, q, k, v)
+    return fn(q, k, v, size, scale, cu_seqlens)
 
 
 def compressed_attention(q, k, v, block_size: int = 16, scale=None, backend: str = "auto", cu_seqlens=None):
     """NSA compression branch over mean-pooled K/V of complete preceding blocks.
 
-    With `cu_seqlens` (packed documents) each document is run on its own: one launch per document."""
-    return _per_document_op("compressed_attention", "block_size", block_size, q, k, v, scale, backend, cu_seqlens)
+    With `cu_seqlens` (packed documents) each document has its own block grid; on the GPU all
+    documents take one SDPA call."""
+    return _nsa_branch("compressed_attention", "block_size", block_size, q, k, v, scale, backend, cu_seqlens)
 
 
 def sliding_window_attention(q, k, v, window: int = 128, scale=None, backend: str = "auto", cu_seqlens=None):
     """Causal attention over the last `window` positions (the query included).
 
-    With `cu_seqlens` (packed documents) each document is run on its own: one launch per document."""
-    return _per_document_op("sliding_window_attention", "window", window, q, k, v, scale, backend, cu_seqlens)
+    With `cu_seqlens` (packed documents) the window stops at the document's first token; on the GPU
+    all documents take one launch of the block-sparse kernels."""
+    return _nsa_branch("sliding_window_attention", "window", window, q, k, v, scale, backend, cu_seqlens)
 
 
 ALIGN_DIRECTIONS = ("both", "sparsity", "commitment", "none")

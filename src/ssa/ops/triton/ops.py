@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
+from .._checks import TensorMemo
 from . import _attention, _documents, _nsa, _select
 
 # dtypes the kernels handle; float64 goes to the reference (it is a debugging dtype, and the tensor
@@ -116,34 +117,74 @@ def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float
     return (o, lse) if return_lse else o
 
 
-def sliding_window_attention(q, k, v, window: int, scale: float):
+def sliding_window_attention(q, k, v, window: int, scale: float, cu_seqlens=None):
     """Causal attention over the last `window` positions, through the block-sparse kernels.
 
     Each query lists the key blocks that overlap its window (blocks of WINDOW_BLOCK keys, at most
     ceil((window - 1) / WINDOW_BLOCK) + 1 of them) and the kernels mask keys outside the window, so
-    forward and backward cost O(T * window) with no T x T mask.
+    forward and backward cost O(T * window) with no T x T mask. With `cu_seqlens` (packed documents)
+    the blocks are those of the query's own document's grid, listed in the global block table, so
+    all documents run in one launch: the kernels' window mask compares positions, which is the same
+    inside a document, and the block list never reaches into an earlier document.
     """
     if q.dtype not in KERNEL_DTYPES:
+        if cu_seqlens is not None:
+            return reference.per_document(lambda *x: reference.sliding_window_attention(*x, window, scale),
+                                          cu_seqlens, q, k, v)
         return reference.sliding_window_attention(q, k, v, window, scale)
-    s = WINDOW_BLOCK
     T = q.shape[1]
-    t = torch.arange(T, device=q.device)
-    first = (t - window + 1).clamp(min=0) // s  # block of the oldest key in the window
-    n = (window - 1 + s - 1) // s + 1
-    blocks = first[:, None] + torch.arange(n, device=q.device)[None, :]
-    blocks = torch.where(blocks <= (t // s)[:, None], blocks, -1).to(torch.int32)
-    idx = blocks[None, :, None, :].expand(q.shape[0], T, k.shape[2], n)
-    o, _ = _fwd_op(q, k, v, idx, s, float(scale), int(window))
+    if cu_seqlens is None:
+        blocks, block_starts = _window_blocks(torch.arange(T, device=q.device), window), None
+    else:
+        blocks, block_starts = _document_window_blocks(cu_seqlens, T, window)
+    idx = blocks[None, :, None, :].expand(q.shape[0], T, k.shape[2], blocks.shape[1])
+    o, _ = _fwd_op(q, k, v, idx, WINDOW_BLOCK, float(scale), int(window), block_starts)
     return o
 
 
-def compressed_attention(q, k, v, block_size: int, scale: float):
+def _window_blocks(local: torch.Tensor, window: int) -> torch.Tensor:
+    """int32 [T, n]: the blocks (of WINDOW_BLOCK) overlapping the window of each query at `local`
+    positions (counted from its sequence's or document's first token); -1 in unused slots."""
+    s = WINDOW_BLOCK
+    first = (local - window + 1).clamp(min=0) // s  # block of the oldest key in the window
+    n = (window - 1 + s - 1) // s + 1
+    blocks = first[:, None] + torch.arange(n, device=local.device)[None, :]
+    return torch.where(blocks <= (local // s)[:, None], blocks, -1).to(torch.int32)
+
+
+_WINDOW_BLOCKS = TensorMemo()
+
+
+def _document_window_blocks(cu_seqlens, T: int, window: int):
+    """Window blocks of packed documents in the global block table ids, and the table's block
+    starts; built once per cu_seqlens tensor (every layer shares it), with no host sync."""
+    key = (T, window, WINDOW_BLOCK)
+    hit = _WINDOW_BLOCKS.get(cu_seqlens, key)
+    if hit is None:
+        table = _documents.block_table(cu_seqlens, T, WINDOW_BLOCK)
+        t = torch.arange(T, device=cu_seqlens.device)
+        doc_first = table.token_first.long()  # global id of the first block of each token's document
+        local = t - table.block_starts.long()[doc_first]
+        blocks = _window_blocks(local, window)
+        hit = torch.where(blocks >= 0, blocks + table.token_first[:, None], -1), table.block_starts
+        _WINDOW_BLOCKS.put(cu_seqlens, key, hit)
+    return hit
+
+
+def compressed_attention(q, k, v, block_size: int, scale: float, cu_seqlens=None):
     """NSA compression branch on the GPU: PyTorch SDPA over the mean-pooled blocks.
 
     A zero key/value pair is prepended and is the only visible key for queries of the first block
     (they have no complete earlier block): they output exactly zero and pass no gradient, as in the
-    reference. The boolean mask is [T, T/s + 1]: small next to the T x T of full attention.
+    reference. The boolean mask is [T, T/s + 1]: small next to the T x T of full attention. With
+    `cu_seqlens` (packed documents) every document's blocks start at its first token and all
+    documents run in one SDPA call (`_nsa.compressed_attention_documents`).
     """
     if q.dtype not in KERNEL_DTYPES:
+        if cu_seqlens is not None:
+            return reference.per_document(lambda *x: reference.compressed_attention(*x, block_size, scale),
+                                          cu_seqlens, q, k, v)
         return reference.compressed_attention(q, k, v, block_size, scale)
+    if cu_seqlens is not None:
+        return _nsa.compressed_attention_documents(q, k, v, block_size, scale, cu_seqlens)
     return _nsa.compressed_attention(q, k, v, block_size, scale)
