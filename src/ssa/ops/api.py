@@ -127,13 +127,9 @@ def _nsa_branch(name, size_name, size, q, k, v, scale, backend, cu_seqlens):
     B, T, _, _, D = check_qkv(q, k, v)
     check_positive_int(size_name, size)
     scale = check_scale(scale, D)
-    fn = _implementation(name, backend, q)
-    if cu_seqlens is None:
-        return fn(q, k, v, size, scale)
-    check_cu_seqlens(cu_seqlens, B, T, q.device)
-    if fn is getattr(reference, name):
-        return reference.per_document(lambda *x: fn(*x, size, scale), cu_seqlens, q, k, v)
-    return fn(q, k, v, size, scale, cu_seqlens)
+    if cu_seqlens is not None:
+        check_cu_seqlens(cu_seqlens, B, T, q.device)
+    return _implementation(name, backend, q)(q, k, v, size, scale, cu_seqlens)
 
 
 def compressed_attention(q, k, v, block_size: int = 16, scale=None, backend: str = "auto", cu_seqlens=None):

@@ -220,11 +220,14 @@ def full_attention(q, k, v, scale: float, cu_seqlens=None):
     return o.transpose(1, 2)
 
 
-def compressed_attention(q, k, v, block_size: int, scale: float):
+def compressed_attention(q, k, v, block_size: int, scale: float, cu_seqlens=None):
     """NSA compression branch: attention over mean-pooled K/V of the complete blocks before the query's block.
 
-    Queries in the first block have nothing to attend to and output zeros.
+    Queries in the first block have nothing to attend to and output zeros. With `cu_seqlens` each
+    document is run on its own (the definition of the packed op).
     """
+    if cu_seqlens is not None:
+        return per_document(lambda *x: compressed_attention(*x, block_size, scale), cu_seqlens, q, k, v)
     B, T, HQ, D = q.shape
     HK = k.shape[2]
     G = HQ // HK
@@ -243,8 +246,12 @@ def compressed_attention(q, k, v, block_size: int, scale: float):
     return torch.cat(outs, 1).to(q.dtype)
 
 
-def sliding_window_attention(q, k, v, window: int, scale: float):
-    """Causal attention over the last `window` keys (the query included), chunked over queries."""
+def sliding_window_attention(q, k, v, window: int, scale: float, cu_seqlens=None):
+    """Causal attention over the last `window` keys (the query included), chunked over queries.
+
+    With `cu_seqlens` each document is run on its own (the definition of the packed op)."""
+    if cu_seqlens is not None:
+        return per_document(lambda *x: sliding_window_attention(*x, window, scale), cu_seqlens, q, k, v)
     B, T, HQ, D = q.shape
     HK = k.shape[2]
     G = HQ // HK

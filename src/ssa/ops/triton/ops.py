@@ -128,10 +128,7 @@ def sliding_window_attention(q, k, v, window: int, scale: float, cu_seqlens=None
     inside a document, and the block list never reaches into an earlier document.
     """
     if q.dtype not in KERNEL_DTYPES:
-        if cu_seqlens is not None:
-            return reference.per_document(lambda *x: reference.sliding_window_attention(*x, window, scale),
-                                          cu_seqlens, q, k, v)
-        return reference.sliding_window_attention(q, k, v, window, scale)
+        return reference.sliding_window_attention(q, k, v, window, scale, cu_seqlens)
     T = q.shape[1]
     if cu_seqlens is None:
         blocks, block_starts = _window_blocks(torch.arange(T, device=q.device), window), None
@@ -181,10 +178,7 @@ def compressed_attention(q, k, v, block_size: int, scale: float, cu_seqlens=None
     documents run in one SDPA call (`_nsa.compressed_attention_documents`).
     """
     if q.dtype not in KERNEL_DTYPES:
-        if cu_seqlens is not None:
-            return reference.per_document(lambda *x: reference.compressed_attention(*x, block_size, scale),
-                                          cu_seqlens, q, k, v)
-        return reference.compressed_attention(q, k, v, block_size, scale)
+        return reference.compressed_attention(q, k, v, block_size, scale, cu_seqlens)
     if cu_seqlens is not None:
         return _nsa.compressed_attention_documents(q, k, v, block_size, scale, cu_seqlens)
     return _nsa.compressed_attention(q, k, v, block_size, scale)
