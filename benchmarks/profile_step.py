@@ -422,6 +422,27 @@ def _fmt_groups(groups: dict, order) -> str:
     return " | ".join(f"{groups.get(g, 0.0):.2f}" for g in order)
 
 
+def _differences(train: list[dict]) -> list[str]:
+    """Where one step's extra time goes against another's: ours - plain and ssa - full, by fine group."""
+    lines = []
+    by = {(r["shape"], r["compiled"], r["method"]): r for r in train}
+    for (shape, compiled, method), r in by.items():
+        for other, base in (("full", "plain"), ("ssa", "full")):
+            b = by.get((shape, compiled, base))
+            if method != other or b is None:
+                continue
+            groups = set(r["fine_groups"]) | set(b["fine_groups"])
+            diff = sorted(((g, r["fine_groups"].get(g, 0.0) - b["fine_groups"].get(g, 0.0)) for g in groups),
+                          key=lambda kv: -abs(kv[1]))
+            lines += ["", f"{other} - {base}, {shape}{' compiled' if compiled else ''}: wall "
+                      f"{r['wall_ms_per_step'] - b['wall_ms_per_step']:+.1f} ms, kernels "
+                      f"{r['kernel_ms_per_step'] - b['kernel_ms_per_step']:+.1f} ms, host gap "
+                      f"{r['host_gap_ms_per_step'] - b['host_gap_ms_per_step']:+.1f} ms, launches "
+                      f"{r['launches_per_step'] - b['launches_per_step']:+.0f}; by group (ms): "
+                      + ", ".join(f"{g} {d:+.2f}" for g, d in diff[:8])]
+    return lines
+
+
 def summary(records: list[dict]) -> str:
     lines = []
     errors = [r for r in records if "error" in r]
@@ -438,6 +459,7 @@ def summary(records: list[dict]) -> str:
                          f"{r['tokens_per_s']:,.0f} | {r['kernel_ms_per_step']:.1f} | {r['gpu_busy_ms_per_step'] or 0:.1f} | "
                          f"{r['host_gap_ms_per_step']:.1f} | {r['launches_per_step']:.0f} | "
                          f"{_fmt_groups(r['groups'], order)} | {r['peak_gib']:.1f} |")
+        lines += _differences(train)
         for r in train:
             lines += ["", f"Top kernels, {r['shape']} {r['method']}{' compiled' if r['compiled'] else ''} "
                       "(ms per step, launches per step, group):", ""]
