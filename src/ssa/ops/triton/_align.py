@@ -153,8 +153,8 @@ def alignment_loss(o_full: torch.Tensor, o_sparse: torch.Tensor, direction: str,
 # the backward reads them and the output gradient once and writes all three gradients.
 #
 # A program owns ROWS (b, t, h) rows of d elements, so the gate gradient (a sum over d) stays inside
-# it. Inputs come with any strides (SDPA's output is a transposed view); what the kernels write is
-# contiguous [B, T, H, d].
+# it. Inputs come with any strides (SDPA's output is a transposed view); the output is contiguous
+# [B, T, H, d] and each stream's gradient has that stream's layout.
 @triton.jit
 def _row_offsets(r, T, H, s0, s1, s2):
     """Element offset of row r = (b * T + t) * H + h for a tensor with strides (s0, s1, s2, .)."""
