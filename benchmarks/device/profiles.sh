@@ -22,8 +22,8 @@ D="$OUT/profiles"
 mkdir -p "$D"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 END=$((SECONDS + BUDGET))
-# Seconds for the next part: at most $1, and never past the budget (5 s kept for the summary).
-left() { local r=$((END - SECONDS - 5)); [ "$r" -gt "$1" ] && echo "$1" || echo $((r > 1 ? r : 1)); }
+# Seconds for the next part: at most $1, and never past the budget (10 s kept for a kill grace and the summary).
+left() { local r=$((END - SECONDS - 10)); [ "$r" -gt "$1" ] && echo "$1" || echo $((r > 1 ? r : 1)); }
 
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee "$D/env.txt"
 git rev-parse HEAD >> "$D/env.txt" 2>/dev/null || true
