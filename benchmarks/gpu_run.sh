@@ -4,7 +4,7 @@
 # tests:   native kernel tests (selection, attention, alignment loss, decode), 200 s at most
 # bench:   `ssa bench attention` and `ssa bench train-step` (GPT-2 vocabulary, and padded to 50304)
 # profile: Nsight Compute of the default selection kernel at 32k, torch.profiler of the train step
-#          (kernel time by group), host enqueue time vs GPU time per step
+#          (kernel time by group, GPU busy vs wall time per step, launches per step)
 # ab:      selection launch settings side by side (benchmarks/ab.py: selection alone, sparse forward,
 #          the train step at the defaults)
 # all:     tests, then bench
@@ -38,8 +38,10 @@ if [ "$what" = profile ]; then
     --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio,regex:sm__inst_executed_pipe_.*.avg.pct_of_peak_sustained_active" \
     -k regex:_select_kernel --launch-skip 1 --launch-count 1 python3 benchmarks/ncu_select.py 32768 '{}' > "$OUT/ncu_select.txt" 2>&1
   grep -E "Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|stalled_(barrier|short|long|math|wait|not_sel)|pipe_(alu|fma|xu|lsu|tensor)\.avg" "$OUT/ncu_select.txt" | head -20
-  timeout 120 python3 benchmarks/profile_step.py "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.txt" | tail -32
-  timeout 60 python3 benchmarks/profile_step.py "$OUT/host_time.json" --host-only 2>&1 | tail -3
+  # The 300m train step as `ssa train` runs it: kernel groups, GPU busy vs wall (host gap), launches.
+  timeout 150 python3 benchmarks/profile_step.py train "$OUT/profile_step.json" --shape 300m --methods full,ssa \
+    2>&1 | tee "$OUT/profile_step.txt" | tail -4
+  python3 benchmarks/profile_step.py summary "$OUT/profile_step.json" | head -40
 fi
 
 if [ "$what" = ab ]; then
