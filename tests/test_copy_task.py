@@ -95,3 +95,47 @@ def test_copy_accuracy_against_oracle_and_constant():
     res = copy_accuracy(_Fixed(rows, constant=sym), rows, mask, "sparse", 2, batch_size=4)
     assert res["positions"] == mask.sum().item()
     assert res["accuracy"] == pytest.approx(hits / mask.sum().item())
+
+
+def test_copy_documents_distinct_symbols_and_whole_rows():
+    spec = CopySpec(segment_min=20, segment_max=30, min_gap=40, max_gap=70, alphabet=len(COPY_ALPHABET),
+                    distinct=True, row_len=160)
+    rng = random.Random(3)
+    leads = set()
+    for _ in range(60):
+        doc = copy_document(rng, spec)
+        assert len(doc) == len(doc.encode()) == spec.row_len - 1  # one byte per symbol, EOS completes the row
+        start, first_end = doc.index("["), doc.index("]")
+        seg = doc[start + 1:first_end]
+        assert len(set(seg)) == len(seg) and spec.segment_min <= len(seg) <= spec.segment_max
+        second = doc.index(f"[{seg}]", first_end)
+        assert spec.min_gap + 1 <= second - first_end - 1 <= spec.max_gap + 1  # a space and exactly `gap` filler bytes
+        assert doc.count("[") == doc.count("]") == 2  # the filler around the pair holds no brackets
+        a, b = copy_span(doc)
+        assert doc[a:b] == seg[1:]
+        leads.add(start)
+    assert len(leads) > 10  # the pair starts anywhere in the row, not always in its first block
+    # Packed with EOS, rows of row_len tokens each hold exactly one document.
+    tok = build_tokenizer("bytes")
+    docs = list(copy_documents(4, 20 * spec.row_len, spec))
+    rows, mask = copy_rows(docs, tok, spec.row_len, 8)
+    assert rows.shape == (8, spec.row_len) and (rows[:, -1] == tok.eos_token_id).all()
+    assert [int(m.sum()) for m in mask] == [len(d.split("]")[0].split("[")[1]) - 1 for d in docs[:8]]
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"distinct": True, "alphabet": 10, "segment_max": 11}, "distinct"),
+    ({"distinct": 1}, "distinct"),
+    ({"row_len": -1}, "row_len"),
+    ({"row_len": 100, "segment_max": 32, "min_gap": 8, "max_gap": 32}, "row_len"),  # 2 x 34 + 32 + 1 = 101 > 99
+])
+def test_copy_spec_rejects_bad_settings(bad, match):
+    with pytest.raises(ValueError, match=f"data.synthetic.{match}"):
+        CopySpec(**bad).validate()
+
+
+def test_copy_row_len_must_match_seq_len():
+    good = {"source": "synthetic-copy", "seq_len": 128, "synthetic": {"row_len": 128, "min_gap": 16, "max_gap": 32}}
+    assert DataSpec.from_dict(good).synthetic["row_len"] == 128
+    with pytest.raises(ValueError, match="row_len .* data.seq_len"):
+        DataSpec.from_dict({**good, "seq_len": 256})

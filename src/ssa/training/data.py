@@ -145,6 +145,10 @@ class DataSpec:
             from dataclasses import asdict
 
             spec.synthetic = asdict(spec.recall_spec())
+            row_len = spec.synthetic.get("row_len", 0)
+            if row_len and row_len != spec.seq_len:
+                raise ValueError(f"data.synthetic.row_len ({row_len}) must equal data.seq_len ({spec.seq_len}) "
+                                 "so that every row holds one whole document, or be 0")
         return spec
 
     def validate(self) -> None:

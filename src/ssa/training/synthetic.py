@@ -147,7 +147,11 @@ def recall_probe(seed: int, distance: int, spec: RecallSpec | None = None) -> tu
 # Segment symbols are disjoint from the filler's (lowercase words), so the only way to predict a
 # repeated segment is to find its first occurrence: an induction (copy) head. Each symbol of the
 # repetition after the first is predictable exactly, and only by attending `gap` bytes back.
-COPY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+# The first 36 symbols are letters and digits; the ASCII punctuation after them (all but the
+# brackets and the filler's full stop) makes a larger alphabet, so that with `distinct` segments a
+# symbol names its position in the segment almost uniquely: a one-token lookup (the previous-token
+# head + match of an induction circuit) is then unambiguous, and a small model learns it quickly.
+COPY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" + "!\"#$%&'()*+,-/:;<=>?@\\^_`{|}~"
 COPY_OPEN, COPY_CLOSE = "[", "]"
 
 
@@ -159,7 +163,14 @@ class CopySpec:
     segment_max: int = 32
     min_gap: int = 96
     max_gap: int = 192
-    alphabet: int = len(COPY_ALPHABET)  # segment symbols: the first `alphabet` of COPY_ALPHABET
+    alphabet: int = 36  # segment symbols: the first `alphabet` of COPY_ALPHABET (letters and digits)
+    distinct: bool = False  # no symbol twice in one segment (needs segment_max <= alphabet)
+    # > 0: every document is exactly `row_len - 1` bytes, so with its EOS it fills one training row
+    # of `data.seq_len = row_len` byte tokens, and every row holds one whole document. Without it,
+    # rows are cut from the document stream anywhere, and a repeat whose first occurrence fell into
+    # the previous row cannot be predicted at all: noise in the loss instead of signal. The gap is
+    # then exact (filler cut mid-sentence) and filler after the repeat pads the row.
+    row_len: int = 0
 
     def validate(self) -> None:
         for name in ("segment_min", "segment_max", "min_gap", "max_gap"):
@@ -170,21 +181,52 @@ class CopySpec:
         a = self.alphabet
         if not isinstance(a, int) or isinstance(a, bool) or not 2 <= a <= len(COPY_ALPHABET):
             raise ValueError(f"data.synthetic.alphabet must be an integer in [2, {len(COPY_ALPHABET)}], got {a!r}")
+        if not isinstance(self.distinct, bool):
+            raise ValueError(f"data.synthetic.distinct must be true or false, got {self.distinct!r}")
+        if self.distinct and self.segment_max > a:
+            raise ValueError(f"data.synthetic.distinct needs segment_max ({self.segment_max}) <= alphabet ({a})")
         if self.segment_max < self.segment_min:
             raise ValueError(f"data.synthetic.segment_max ({self.segment_max}) must be >= segment_min ({self.segment_min})")
         if self.max_gap < self.min_gap:
             raise ValueError(f"data.synthetic.max_gap ({self.max_gap}) must be >= min_gap ({self.min_gap})")
+        r = self.row_len
+        if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+            raise ValueError(f"data.synthetic.row_len must be an integer >= 0, got {r!r}")
+        if r and r - 1 < self.longest():
+            raise ValueError(f"data.synthetic.row_len ({r}) must be > {self.longest()}: the longest document "
+                             f"(2 x (segment_max + 2) + max_gap + 1) and its EOS must fit in one row")
+
+    def longest(self) -> int:
+        """Bytes of the longest document when `row_len` is set (exact gaps, no padding)."""
+        return 2 * (self.segment_max + 2) + self.max_gap + 1
+
+
+def _filler_text(rng: random.Random, length: int) -> str:
+    """At least `length` characters of filler sentences."""
+    text = ""
+    while len(text) < length:
+        text += _filler(rng)
+    return text
 
 
 def copy_document(rng: random.Random, spec: CopySpec) -> str:
-    """`[SEG] filler [SEG]`: the second SEG starts at least `min_gap` bytes after the first ends."""
+    """`[SEG] filler [SEG]`: the second SEG starts at least `min_gap` bytes after the first ends
+    (exactly `gap + 1` with `row_len`; filler before and after then pads the document to
+    `row_len - 1` bytes)."""
     symbols = COPY_ALPHABET[: spec.alphabet]
-    seg = "".join(rng.choice(symbols) for _ in range(rng.randint(spec.segment_min, spec.segment_max)))
+    n = rng.randint(spec.segment_min, spec.segment_max)
+    seg = "".join(rng.sample(symbols, n) if spec.distinct else (rng.choice(symbols) for _ in range(n)))
     gap_target = rng.randint(spec.min_gap, spec.max_gap)
-    filler = ""
-    while len(filler) < gap_target:
-        filler += _filler(rng)
-    return f"{COPY_OPEN}{seg}{COPY_CLOSE} {filler}{COPY_OPEN}{seg}{COPY_CLOSE}"
+    filler = _filler_text(rng, gap_target)
+    if not spec.row_len:
+        return f"{COPY_OPEN}{seg}{COPY_CLOSE} {filler}{COPY_OPEN}{seg}{COPY_CLOSE}"
+    doc = f"{COPY_OPEN}{seg}{COPY_CLOSE} {filler[:gap_target]}{COPY_OPEN}{seg}{COPY_CLOSE}"
+    # The free bytes go partly before the pair, so its first occurrence does not always sit in the
+    # row's first block (which an attention sink would make easy to select), partly after it.
+    free = spec.row_len - 1 - len(doc)
+    lead = rng.randint(0, free)
+    text = _filler_text(rng, free + 1)
+    return text[:lead] + doc + (" " + text[lead:])[: free - lead]
 
 
 def copy_documents(seed: int, num_bytes: int, spec: CopySpec | None = None):
@@ -203,6 +245,6 @@ def copy_span(doc: str) -> tuple[int, int]:
     """Character span [start, end) of the repeated segment of one copy document, without its first
     symbol: after `[` alone the model cannot tell which earlier segment of a packed row to copy,
     from the second symbol on it can. Copy accuracy is measured on these positions."""
-    seg_len = doc.index(COPY_CLOSE) - 1
-    end = len(doc) - 1  # the closing bracket
+    seg_len = doc.index(COPY_CLOSE) - doc.index(COPY_OPEN) - 1
+    end = doc.rindex(COPY_CLOSE)  # the closing bracket of the repeat (padding filler may follow)
     return end - seg_len + 1, end
