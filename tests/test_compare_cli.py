@@ -235,3 +235,21 @@ def test_bad_arguments_fail_before_anything_runs(tmp_path):
             rc = err.code
         assert rc == 2, (argv, msg)
         assert not out.exists()
+
+
+@pytest.mark.parametrize("acc, want", [
+    # SSA keeps 90 of 95 (95%), FullAttn 30 of 90 (33%): the effect, stated from the numbers.
+    ({"full-s0": (0.90, 0.30), "ssa-s0": (0.95, 0.90)}, "SSA keeps its copying under sparse inference, FullAttn loses it"),
+    ({"full-s0": (0.90, 0.85), "ssa-s0": (0.95, 0.90)}, "no clear effect"),
+    ({"full-s0": (0.90, 0.88), "ssa-s0": (0.95, 0.40)}, "the expected effect does not show"),
+    ({"full-s0": (0.90, 0.10), "ssa-s0": (0.20, 0.20)}, "SSA copied less than 50%"),
+    # Seeds are averaged per method: 0.5 and 0.9 kept -> 0.7, against SSA's 0.95.
+    ({"full-s0": (0.80, 0.40), "full-s1": (0.80, 0.72), "ssa-s0": (0.80, 0.76)}, "SSA keeps its copying"),
+])
+def test_copy_reading_is_computed_from_the_accuracies(acc, want):
+    methods = {name: name.split("-")[0] for name in acc}
+    text = cmd.reading(acc, {"block_count": 4, "block_size": 16}, methods)
+    assert text.startswith("Reading (sparse budget 4 blocks of 16 tokens): ") and want in text
+    for name, (full, sparse) in acc.items():
+        assert f"{name} keeps {100 * sparse / full:.0f}% of its full-attention copy accuracy" in text
+    assert cmd.reading({}, {"block_count": 4, "block_size": 16}) == "Reading: no copy accuracy measured."
