@@ -1,6 +1,5 @@
 """`ssa compare`: train several methods on the same data, evaluate them alike, report the claims.
 
-    ssa compare --preset demo                                   # CPU: FullAttn vs SSA on a copy task
     ssa compare --preset tiny --methods full,ssa --seeds 0,1 --out runs/cmp
     ssa compare --preset study --set data.source=DIR/train.jsonl.gz --time-budget 540 --out out/a
     ssa compare --merge out/a out/b --out docs/study            # one report from several invocations
@@ -33,9 +32,6 @@ from .evaluate import _floats, _ints, _words
 METHODS = ("full", "moba", "nsa", "ssa")
 SECTIONS = ("perplexity", "test", "attention", "extrapolation", "retrieval", "copy")
 DEFAULT_SECTIONS = ("perplexity", "test", "attention", "extrapolation", "retrieval")
-# Presets whose comparison defaults differ from the general ones: the demo trains FullAttn and SSA
-# on the embedded copy task and reads their copy accuracy, full and sparse.
-PRESET_DEFAULTS = {"demo": {"methods": ["full", "ssa"], "sections": ["copy"], "eval_rows": 64}}
 # Probe: untimed warm-up steps first (they pay for the CUDA context, Triton compilation and
 # autotuning; SSA's alternate full and sparse so both modes' kernels are built), then timed steps.
 PROBE_WARMUP, PROBE_TIMED = 4, 5
@@ -43,10 +39,10 @@ SAFETY_FRACTION = 0.05  # of the budget, for what the probe does not see (jitter
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="preset from configs/ (demo, tiny, study, 300m, 1b); default tiny")
+    p.add_argument("--preset", help="preset from configs/ (tiny, study, 300m, 1b); default tiny")
     p.add_argument("--config", metavar="FILE", help="a JSON config {model, train, data} instead of a preset")
     p.add_argument("--methods", type=_words("--methods", METHODS), default=None,
-                   help="comma list of full, moba, nsa, ssa (default: all four; demo: full,ssa)")
+                   help="comma list of full, moba, nsa, ssa (default: all four)")
     p.add_argument("--seeds", nargs="+", default=["0"], metavar="SEEDS",
                    help="comma list for every method (0,1), or per method: full=0,1 ssa=0,1 moba=0")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -68,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="no PNG figures")
     g = p.add_argument_group("evaluation (the same for every run)")
     g.add_argument("--sections", type=_words("--sections", SECTIONS), default=None,
-                   help=f"comma list of {', '.join(SECTIONS)} (default {','.join(DEFAULT_SECTIONS)}; demo: copy)")
+                   help=f"comma list of {', '.join(SECTIONS)} (default {','.join(DEFAULT_SECTIONS)})")
     g.add_argument("--block-counts", type=_ints("--block-counts"), default=[4, 8, 16, 32, 64],
                    help="sparse budgets of the perplexity sweep (default 4,8,16,32,64)")
     g.add_argument("--eval-rows", type=int, default=None, help="rows of the training length for perplexity (default 64)")
@@ -479,10 +475,9 @@ def run(args) -> int:
     t_start = time.time()
     _check_args(args)
     base, preset = base_config(args)
-    defaults = PRESET_DEFAULTS.get(preset or "", {})
-    methods = args.methods or defaults.get("methods") or list(METHODS)
-    sections = args.sections or defaults.get("sections") or list(DEFAULT_SECTIONS)
-    args.eval_rows = args.eval_rows or defaults.get("eval_rows", 64)
+    methods = args.methods or list(METHODS)
+    sections = args.sections or list(DEFAULT_SECTIONS)
+    args.eval_rows = args.eval_rows or 64
     if "test" in sections and not args.test_data:
         if args.sections:
             raise ValueError("--sections test needs --test-data FILE")

@@ -5,7 +5,7 @@ into rows of the training length exactly as training packs them. At every positi
 segment but its first symbol (see `synthetic.copy_span`), the model's greedy next-token prediction
 is compared with the true symbol. The repetition lies further back than the sparse window, so a
 sparse model only gets it right when its block selection finds the first occurrence; chance is
-1/36 (the segment alphabet).
+1/alphabet (`data.synthetic.alphabet`, 36 by default).
 """
 
 from __future__ import annotations
