@@ -197,3 +197,24 @@ def test_registered_op_passes_opcheck_and_compiles():
         results.append([value.detach()] + [x.grad for x in xs])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_api_ops_trace_whole_once_compile_is_applied():
+    # ssa.ops.api finds the Triton kernels through an import that dynamo cannot trace; apply_compile
+    # (train.compile) makes that lookup first, so a compiled block's graph holds the ops unbroken.
+    from ssa.ops import api
+    from ssa.training.distributed import apply_compile
+
+    api._TRITON.clear()
+    model = torch.nn.Module()
+    model.model = torch.nn.Module()
+    model.model.layers = torch.nn.ModuleList()
+    apply_compile(model, backend="aot_eager")
+    o_full, o_sparse, gate, upstream = _inputs((1, 8, 2, 16), torch.float32, seed=7)
+
+    def step(a, b, g):
+        out, loss = ops.gated_alignment(a, b, g, "full", "both", "l2", backend="triton")
+        return (out * upstream).sum() + loss
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")  # raises on a graph break
+    torch.testing.assert_close(compiled(o_full, o_sparse, gate), step(o_full, o_sparse, gate), rtol=1e-6, atol=1e-6)

@@ -22,12 +22,20 @@ from ._checks import (
 )
 
 
+_TRITON: list = []  # the lookup below, made once per process
+
+
 def _triton_module():
-    """The Triton kernels, or None when Triton (or a GPU build of it) is unavailable."""
-    try:
-        return importlib.import_module("ssa.ops.triton")
-    except ImportError:
-        return None
+    """The Triton kernels, or None when Triton (or a GPU build of it) is unavailable.
+
+    Looked up once and kept: torch.compile cannot trace `importlib` and would otherwise break the
+    graph at every op call of a compiled block; a list read is traced as a constant."""
+    if not _TRITON:
+        try:
+            _TRITON.append(importlib.import_module("ssa.ops.triton"))
+        except ImportError:
+            _TRITON.append(None)
+    return _TRITON[0]
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> str:

@@ -127,9 +127,14 @@ def apply_compile(model, backend: str = "inductor") -> None:
     `backend` is torch.compile's (`train.compile_backend`)."""
     import torch
 
+    from ..ops.api import _triton_module
+
     known = torch.compiler.list_backends(exclude_tags=())
     if backend not in known:
         raise ValueError(f"train.compile_backend must be one of {', '.join(sorted(known))}; got {backend!r}")
+    # The ops find their kernels through an import that torch.compile cannot trace: done here, before
+    # the first trace, it is a cached read, and the blocks' graphs do not break at every op call.
+    _triton_module()
     for layer in model.model.layers:
         layer.compile(dynamic=False, backend=backend)
 
