@@ -18,9 +18,9 @@ from ssa.ops.triton import _nsa  # noqa: E402
 from ssa.ops.triton import ops as tri_ops  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# Block 4: shorter than a block (3), exactly a block (4), blocks + remainder (11, 9), length 1,
+# Block 4: shorter than a block (3), exactly a block (4), empty (0), blocks + remainder (11, 9), length 1,
 # a multiple of blocks (8) after a remainder.
-LENGTHS = [3, 4, 11, 1, 1, 9, 8]
+LENGTHS = [3, 4, 0, 11, 1, 1, 9, 8]
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 
 
