@@ -57,6 +57,9 @@ class _Layout:
 _LAYOUTS = TensorMemo()
 
 
+# Not traced by torch.compile: the memo is keyed on the tensor object and a miss reads one host int,
+# which would break the compiled graph inside the lookup; skipped, it costs one clean break.
+@torch.compiler.disable
 def _layout(cu_seqlens: torch.Tensor, T: int, s: int) -> _Layout:
     key = (T, s, QUERY_TILE)
     layout = _LAYOUTS.get(cu_seqlens, key)

@@ -152,6 +152,7 @@ def _window_blocks(local: torch.Tensor, window: int) -> torch.Tensor:
 _WINDOW_BLOCKS = TensorMemo()
 
 
+@torch.compiler.disable  # a memo keyed on the tensor object: skipped by torch.compile, not traced
 def _document_window_blocks(cu_seqlens, T: int, window: int):
     """Window blocks of packed documents in the global block table ids, and the table's block
     starts; built once per cu_seqlens tensor (every layer shares it), with no host sync."""
