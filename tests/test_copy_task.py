@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ssa.evaluation.copy_task import copy_accuracy, copy_rows
-from ssa.training.data import DataSpec, iter_documents
-from ssa.training.synthetic import COPY_ALPHABET, CopySpec, copy_document, copy_documents, copy_span
+from ssa.training.data import DataSpec, iter_documents, loss_labels
+from ssa.training.synthetic import COPY_ALPHABET, CopySpec, copy_document, copy_documents, copy_span, repeat_mask
 from ssa.training.tokenizer import build_tokenizer
 
 
@@ -139,3 +139,70 @@ def test_copy_row_len_must_match_seq_len():
     assert DataSpec.from_dict(good).synthetic["row_len"] == 128
     with pytest.raises(ValueError, match="row_len .* data.seq_len"):
         DataSpec.from_dict({**good, "seq_len": 256})
+
+
+def _row_docs(spec, n, seed=0):
+    rng = random.Random(seed)
+    return [copy_document(rng, spec) for _ in range(n)]
+
+
+@pytest.mark.parametrize("spec", [CopySpec(segment_min=1, segment_max=5, min_gap=0, max_gap=7, row_len=40),
+                                  CopySpec(segment_min=3, segment_max=3, min_gap=0, max_gap=0, row_len=12),
+                                  CopySpec(alphabet=65, distinct=True, row_len=300)])
+def test_repeat_mask_marks_the_copy_span_of_each_row(spec):
+    tok = build_tokenizer("bytes")
+    docs = _row_docs(spec, 30)
+    rows = torch.tensor([list(d.encode()) + [tok.eos_token_id] for d in docs])
+    assert rows.shape == (30, spec.row_len)
+    mask = repeat_mask(rows, ord("["), ord("]"))
+    for d, m in zip(docs, mask):
+        a, b = copy_span(d)
+        assert m.nonzero().flatten().tolist() == list(range(a, b))
+
+
+def test_copy_loss_setting_is_checked():
+    base = {"source": "synthetic-copy", "seq_len": 64}
+    spec = DataSpec.from_dict({**base, "synthetic": {"row_len": 64, "segment_min": 4, "segment_max": 8, "min_gap": 0, "max_gap": 4, "loss": "repeat"}})
+    assert spec.synthetic["loss"] == "repeat"
+    assert DataSpec.from_dict(base).synthetic["loss"] == "all"
+    for bad in ("copy", "", None, 1):
+        with pytest.raises(ValueError, match="data.synthetic.loss must be one of all, repeat"):
+            DataSpec.from_dict({**base, "synthetic": {"row_len": 64, "segment_min": 4, "segment_max": 8, "max_gap": 4, "min_gap": 0, "loss": bad}})
+    with pytest.raises(ValueError, match="loss=repeat needs data.synthetic.row_len"):
+        DataSpec.from_dict({**base, "synthetic": {"loss": "repeat"}})
+    with pytest.raises(ValueError, match="needs data.tokenizer=bytes"):
+        DataSpec.from_dict({**base, "tokenizer": "gpt2",
+                            "synthetic": {"row_len": 64, "segment_min": 4, "segment_max": 8, "min_gap": 0, "max_gap": 4, "loss": "repeat"}})
+
+
+def test_repeat_loss_counts_only_the_repeat():
+    """Training and validation CE under loss=repeat: the mean CE over the copy positions alone."""
+    import torch.nn.functional as F
+
+    from ssa.model import SSAConfig, SSAForCausalLM
+    from ssa.training.trainer import evaluate
+
+    tok = build_tokenizer("bytes")
+    spec = DataSpec.from_dict({"source": "synthetic-copy", "seq_len": 48,
+                               "synthetic": {"row_len": 48, "segment_min": 4, "segment_max": 8, "min_gap": 2,
+                                             "max_gap": 10, "loss": "repeat"}})
+    assert loss_labels(DataSpec.from_dict({"source": "synthetic-copy"}), tok) is None
+    labels_of = loss_labels(spec, tok)
+    docs = _row_docs(spec.recall_spec(), 6, seed=3)
+    rows = torch.tensor([list(d.encode()) + [tok.eos_token_id] for d in docs])
+    torch.manual_seed(0)
+    model = SSAForCausalLM(SSAConfig(method="full", vocab_size=257, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, max_position_embeddings=48, block_size=8, block_count=2))
+    with torch.no_grad():
+        logits = model.eval()(rows).logits
+    want = []
+    for r, d in enumerate(docs):
+        a, b = copy_span(d)
+        want.append(F.cross_entropy(logits[r, a - 1:b - 1], rows[r, a:b], reduction="mean"))
+    got = evaluate(model, rows.numpy(), method="full", micro_batch=6, device=torch.device("cpu"),
+                   amp_dtype=torch.float32, labels_of=labels_of)
+    weights = torch.tensor([copy_span(d)[1] - copy_span(d)[0] for d in docs], dtype=torch.float32)
+    assert got["full"] == pytest.approx(float((torch.stack(want) * weights).sum() / weights.sum()), rel=1e-5)
+    full = evaluate(model, rows.numpy(), method="full", micro_batch=6, device=torch.device("cpu"),
+                    amp_dtype=torch.float32)
+    assert abs(full["full"] - got["full"]) > 1e-3  # the unmasked loss differs

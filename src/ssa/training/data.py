@@ -149,6 +149,9 @@ class DataSpec:
             if row_len and row_len != spec.seq_len:
                 raise ValueError(f"data.synthetic.row_len ({row_len}) must equal data.seq_len ({spec.seq_len}) "
                                  "so that every row holds one whole document, or be 0")
+            if spec.synthetic.get("loss", "all") != "all" and spec.tokenizer != "bytes":
+                raise ValueError(f"data.synthetic.loss={spec.synthetic['loss']} needs data.tokenizer=bytes "
+                                 f"(it finds the repeat by its bracket bytes), got {spec.tokenizer!r}")
         return spec
 
     def validate(self) -> None:
@@ -174,6 +177,24 @@ class DataSpec:
         """The generator settings of a synthetic source (RecallSpec or CopySpec)."""
         cls = SYNTHETIC.get(self.source, (RecallSpec,))[0]
         return spec_from_dict(cls, dict(self.synthetic or {}), "data.synthetic")
+
+
+def loss_labels(spec: DataSpec, tokenizer):
+    """`labels(x)`: the labels of a batch of rows for the training and validation loss; the rows
+    themselves, or with `data.synthetic.loss=repeat` the rows with every position outside the
+    repeated segment set to the ignored label. None when every token counts."""
+    if spec.source != "synthetic-copy" or (spec.synthetic or {}).get("loss", "all") == "all":
+        return None
+    from ssa.model.loss import IGNORE_INDEX
+
+    from .synthetic import COPY_CLOSE, COPY_OPEN, repeat_mask
+
+    open_id, close_id = (tokenizer.convert_tokens_to_ids(tokenizer.tokenize(c))[0] for c in (COPY_OPEN, COPY_CLOSE))
+
+    def labels(x):
+        return x.masked_fill(~repeat_mask(x, open_id, close_id), IGNORE_INDEX)
+
+    return labels
 
 
 def _sibling_val(files: list[Path]) -> list[Path] | None:

@@ -29,7 +29,8 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import TrainSpec, check_resume_config
-from .data import DataSpec, PackedRows, TrainLoader, iter_documents, load_tokens, row_positions, val_rows
+from .data import (DataSpec, PackedRows, TrainLoader, iter_documents, load_tokens, loss_labels, row_positions,
+                   val_rows)
 from .flops import flops_per_token, mfu, peak_flops
 from .optim import build_optimizer, lr_at
 from .runlock import RunDirLock
@@ -135,9 +136,10 @@ def _packing(x, documents_eos: int | None) -> dict:
 
 
 def evaluate(model, rows: np.ndarray, *, method: str, micro_batch: int, device, amp_dtype,
-             documents_eos: int | None = None) -> dict:
+             documents_eos: int | None = None, labels_of=None) -> dict:
     """Mean validation CE (nats/token) under each mode the method supports (with `documents_eos`,
-    rows are packed documents separated by that token: `data.pack: documents`)."""
+    rows are packed documents separated by that token: `data.pack: documents`; with `labels_of`,
+    over the positions the training loss counts, `data.loss_labels`)."""
     import torch
 
     if len(rows) == 0:
@@ -153,7 +155,8 @@ def evaluate(model, rows: np.ndarray, *, method: str, micro_batch: int, device, 
             for i in range(0, len(rows), micro_batch):
                 x = torch.from_numpy(rows[i:i + micro_batch]).to(device)
                 with _autocast(device, amp_dtype):
-                    res = model(x, labels=x, attention_mode=mode, **_packing(x, documents_eos))
+                    res = model(x, labels=x if labels_of is None else labels_of(x), attention_mode=mode,
+                                **_packing(x, documents_eos))
                 total += float(res.ce_loss) * len(x)
                 n += len(x)
             out[mode] = total / n
@@ -271,6 +274,7 @@ class Trainer:
         finally:
             if info.is_main:
                 dist.barrier(info)
+        self.labels_of = loss_labels(data, self.tokenizer)  # None: every token counts
         self.val_rows = val_rows(PackedRows(self.val_tokens, data.seq_len), spec.eval_batches * spec.micro_batch_size)
         self.loader = TrainLoader(self.train_rows, micro_batch=spec.micro_batch_size, grad_accum=spec.grad_accum,
                                   seed=spec.seed, rank=info.rank, world_size=info.world_size)
@@ -371,7 +375,8 @@ class Trainer:
         """Model output for one micro-batch: `.loss` (what is minimised), `.ce_loss`, `.align_loss`,
         `.attention_mode`. `mode` is the SSA mode of this micro-batch (None: the method's own)."""
         with _autocast(self.device, self.amp_dtype):
-            return self.train_model(x, labels=x, attention_mode=mode, **_packing(x, self.documents_eos))
+            labels = x if self.labels_of is None else self.labels_of(x)
+            return self.train_model(x, labels=labels, attention_mode=mode, **_packing(x, self.documents_eos))
 
     def mode_for(self, micro_batch: int) -> str | None:
         """SSA's attention mode for a micro-batch of the current step (`train.mode_draw`)."""
@@ -485,7 +490,8 @@ class Trainer:
         record: dict = {}
         if self.info.is_main or self.sharded:
             ce = evaluate(self.model, self.val_rows, method=self.cfg["method"], micro_batch=self.spec.micro_batch_size,
-                          device=self.device, amp_dtype=self.amp_dtype, documents_eos=self.documents_eos)
+                          device=self.device, amp_dtype=self.amp_dtype, documents_eos=self.documents_eos,
+                          labels_of=self.labels_of)
             if ce:
                 record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "val_ce": ce}
                 if is_byte_level(self.tokenizer):
