@@ -36,6 +36,7 @@ class AttentionPlan:
     want_stats: bool = False
     # Packed documents: int32 boundaries over the flattened [B * T] tokens (ssa.ops convention), or None.
     cu_seqlens: torch.Tensor | None = None
+    max_seqlen: int | None = None  # a bound on the documents' lengths: the row length
 
 
 @dataclass
@@ -114,7 +115,7 @@ class GatedAttention(nn.Module):
         gate = gates[:, :, 0]
         raw, indices = {}, None
         if "full" in plan.streams:
-            raw["full"] = ops.full_attention(q, k, v, self.scale, cu_seqlens=cu)
+            raw["full"] = ops.full_attention(q, k, v, self.scale, cu_seqlens=cu, max_seqlen=plan.max_seqlen)
         if "sparse" in plan.streams:
             indices = self._select(q, k, plan)
             raw["sparse"] = ops.block_sparse_attention(
@@ -325,6 +326,11 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         plan = self.plan(attention_mode, block_count, block_size, output_attention_stats)
         if (cu_seqlens is not None or position_ids is not None) and past_key_values is None and not use_cache:
             plan.cu_seqlens = packed_documents(input_ids.shape, position_ids, cu_seqlens)
+        if plan.cu_seqlens is not None:
+            # Compiled blocks: the document count varies per batch, so its dimension is symbolic
+            # (one graph for all batches), and the row length bounds every document (no host read).
+            torch._dynamo.maybe_mark_dynamic(plan.cu_seqlens, 0)
+            plan.max_seqlen = input_ids.shape[1]
         if plan.cu_seqlens is not None and plan.want_stats:
             raise ValueError("output_attention_stats does not support packed documents (cu_seqlens or restarting position_ids)")
         if cu_seqlens is not None and (past_key_values is not None or use_cache):

@@ -144,7 +144,10 @@ def check_cu_seqlens(cu_seqlens, batch: int, seq_len: int, device) -> None:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {device}")
     if batch != 1:
         raise ValueError(f"with cu_seqlens the batch size must be 1 (documents concatenated along seq), got {batch}")
-    if _CHECKED_CU_SEQLENS.get(cu_seqlens, seq_len):
+    # Reading the values is a device sync, and under torch.compile a value the graph would be
+    # specialised on (a recompile per batch of documents): compiled callers pass boundaries the
+    # model already checked eagerly (`packed_documents`), so only the shape is checked there.
+    if torch.compiler.is_compiling() or _CHECKED_CU_SEQLENS.get(cu_seqlens, seq_len):
         return
     first, last, steps_ok = (int(x) for x in torch.stack([
         cu_seqlens[0], cu_seqlens[-1], (cu_seqlens[1:] >= cu_seqlens[:-1]).all().to(cu_seqlens.dtype)]).tolist())

@@ -107,18 +107,23 @@ def block_sparse_attention(
         q, k, v, block_indices, block_size, scale, return_lse, cu_seqlens)
 
 
-def full_attention(q, k, v, scale=None, cu_seqlens=None):
+def full_attention(q, k, v, scale=None, cu_seqlens=None, max_seqlen=None):
     """Causal softmax attention with GQA, [B, T, H, D] layout (PyTorch SDPA underneath).
 
     With `cu_seqlens` (packed documents, module docstring) each document attends only to itself:
     on the GPU through PyTorch's varlen flash kernel where it exists, else SDPA per document.
+    `max_seqlen` (flash-attn's name) is an upper bound on the documents' lengths, e.g. the row
+    length of packed rows; None finds the longest document (a device sync; under torch.compile the
+    sequence length is used instead, so the graph does not depend on the batch's documents).
     """
     B, T, _, _, D = check_qkv(q, k, v)
     scale = check_scale(scale, D)
+    if max_seqlen is not None:
+        check_positive_int("max_seqlen", max_seqlen)
     if cu_seqlens is None:
         return reference.full_attention(q, k, v, scale)
     check_cu_seqlens(cu_seqlens, B, T, q.device)
-    return dense.document_attention(q, k, v, scale, cu_seqlens)
+    return dense.document_attention(q, k, v, scale, cu_seqlens, max_seqlen)
 
 
 def _implementation(name: str, backend: str, x):

@@ -47,9 +47,16 @@ def varlen_available(q: torch.Tensor) -> bool:
     return _varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
 
 
-def document_attention(q, k, v, scale: float, cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """Causal attention of q, k, v [1, T, H, D] (GQA) within the documents of cu_seqlens."""
+def document_attention(q, k, v, scale: float, cu_seqlens: torch.Tensor, max_seqlen: int | None = None) -> torch.Tensor:
+    """Causal attention of q, k, v [1, T, H, D] (GQA) within the documents of cu_seqlens.
+
+    `max_seqlen` bounds every document's length (the varlen kernel sizes its grid with it; a larger
+    bound only adds work items that exit at once). None reads the longest document from the device,
+    except under torch.compile, where a value read back would be specialised on (a recompile per
+    batch): the whole sequence length bounds it there."""
     if not varlen_available(q):
+        if torch.compiler.is_compiling():  # the per-document loop's count is a host value: one masked call instead
+            return masked_document_attention(q, k, v, scale, cu_seqlens)
         return reference.full_attention(q, k, v, scale, cu_seqlens)
     HQ, HK = q.shape[2], k.shape[2]
     extra = dict(_CAUSAL)
@@ -59,6 +66,22 @@ def document_attention(q, k, v, scale: float, cu_seqlens: torch.Tensor) -> torch
         else:
             k, v = (x.repeat_interleave(HQ // HK, dim=2) for x in (k, v))
     cu = cu_seqlens.to(torch.int32)
-    longest = longest_document(cu_seqlens)
-    o = _varlen_attn(q[0], k[0], v[0], cu, cu, longest, longest, scale=scale, **extra)
+    if torch.compiler.is_compiling():
+        max_seqlen = max_seqlen or q.shape[1]
+    elif max_seqlen is None:
+        max_seqlen = longest_document(cu_seqlens)
+    elif max_seqlen < longest_document(cu_seqlens):  # a smaller bound would silently drop keys
+        raise ValueError(f"max_seqlen={max_seqlen} is below the longest document ({longest_document(cu_seqlens)} tokens)")
+    o = _varlen_attn(q[0], k[0], v[0], cu, cu, max_seqlen, max_seqlen, scale=scale, **extra)
     return o[None]
+
+
+def masked_document_attention(q, k, v, scale: float, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """The same function as one SDPA call under a [T, T] document-causal mask: shapes independent of
+    the number of documents and no host reads, so a compiled graph serves every batch. Quadratic in
+    T (mask and, on CPU, scores): the compiled path where the varlen kernel is missing."""
+    T = q.shape[1]
+    t = torch.arange(T, device=q.device)
+    doc = torch.searchsorted(cu_seqlens[1:].long(), t, right=True)  # document of every token
+    mask = (doc[:, None] == doc[None, :]) & (t[None, :] <= t[:, None])
+    return reference.full_attention(q, k, v, scale, attn_mask=mask)

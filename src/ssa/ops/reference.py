@@ -202,21 +202,23 @@ def block_sparse_attention(q, k, v, block_indices, block_size: int, scale: float
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
-def full_attention(q, k, v, scale: float, cu_seqlens=None):
+def full_attention(q, k, v, scale: float, cu_seqlens=None, attn_mask=None):
     """Causal softmax attention with GQA through PyTorch SDPA (flash / cuDNN / CPU kernels).
 
-    With `cu_seqlens`, one SDPA call per document."""
+    With `cu_seqlens`, one SDPA call per document. `attn_mask` (bool [T, T], True = attend) replaces
+    the causal mask."""
     if cu_seqlens is not None:
         return per_document(lambda *x: full_attention(*x, scale), cu_seqlens, q, k, v)
     HQ, HK = q.shape[2], k.shape[2]
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    mask = dict(is_causal=True) if attn_mask is None else dict(attn_mask=attn_mask)
     if HK == HQ:
-        o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
+        o = F.scaled_dot_product_attention(qt, kt, vt, scale=scale, **mask)
     elif _SDPA_HAS_GQA:
-        o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=True)
+        o = F.scaled_dot_product_attention(qt, kt, vt, scale=scale, enable_gqa=True, **mask)
     else:
         kt, vt = kt.repeat_interleave(HQ // HK, dim=1), vt.repeat_interleave(HQ // HK, dim=1)
-        o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale)
+        o = F.scaled_dot_product_attention(qt, kt, vt, scale=scale, **mask)
     return o.transpose(1, 2)
 
 

@@ -38,16 +38,28 @@ class BlockTable:
         """Document-relative block ids [1, T, HK, n] -> global ids; ids outside the document -> -1.
 
         One launch (a chain of PyTorch ops costs several, which shows at short sequences)."""
-        idx = block_indices.contiguous()
-        out = torch.empty(idx.shape, dtype=torch.int32, device=idx.device)
-        T, per_token = idx.shape[1], idx.shape[2] * idx.shape[3]
-        if idx.numel():
-            _to_global_kernel[(triton.cdiv(idx.numel(), _BLOCK),)](
-                idx, out, self.token_first, self.token_blocks, idx.numel(), per_token, BLOCK=_BLOCK)
-        return out
+        return _to_global_op(block_indices, self.token_first, self.token_blocks)
 
 
 _BLOCK = 1024
+
+
+# A custom op, so that torch.compile holds the launch as one opaque node (tracing a raw launch
+# fails in Triton's CPU interpreter and ties the graph to the launch's Python code).
+@torch.library.custom_op("ssa::documents_to_global", mutates_args=())
+def _to_global_op(block_indices: torch.Tensor, token_first: torch.Tensor, token_blocks: torch.Tensor) -> torch.Tensor:
+    idx = block_indices.contiguous()
+    out = torch.empty(idx.shape, dtype=torch.int32, device=idx.device)
+    per_token = idx.shape[2] * idx.shape[3]
+    if idx.numel():
+        _to_global_kernel[(triton.cdiv(idx.numel(), _BLOCK),)](
+            idx, out, token_first, token_blocks, idx.numel(), per_token, BLOCK=_BLOCK)
+    return out
+
+
+@_to_global_op.register_fake
+def _(block_indices, token_first, token_blocks):
+    return torch.empty(block_indices.shape, dtype=torch.int32, device=block_indices.device)
 
 
 @triton.jit
@@ -64,6 +76,8 @@ _TABLES = TensorMemo()
 
 
 def block_table(cu_seqlens: torch.Tensor, seq_len: int, block_size: int) -> BlockTable:
+    if torch.compiler.is_compiling():  # the memo keys on the tensor object: traced, it would recompile per batch
+        return _build(cu_seqlens.long(), seq_len, block_size)
     table = _TABLES.get(cu_seqlens, (seq_len, block_size))
     if table is None:
         table = _build(cu_seqlens.long(), seq_len, block_size)
