@@ -82,3 +82,24 @@ def test_packed_batches_compile_once_and_match_eager(method, mode):
             torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
             counts.append(len(graphs))
         assert counts[0] == counts[-1]
+
+
+def test_masked_document_attention_is_per_document_attention():
+    # The compiled path without the varlen kernel: one masked SDPA call, the same function as running
+    # every document on its own (GQA, documents of length 1 and longer).
+    from ssa.ops import dense, reference
+
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 23, h, 8, generator=gen, dtype=torch.float64) for h in (4, 2, 2))
+    cu = torch.tensor([0, 1, 9, 10, 23], dtype=torch.int32)
+    torch.testing.assert_close(dense.masked_document_attention(q, k, v, 0.3, cu),
+                               reference.full_attention(q, k, v, 0.3, cu))
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_max_seqlen_must_be_a_positive_int(bad):
+    from ssa import ops
+
+    q = torch.randn(1, 8, 2, 4)
+    with pytest.raises((TypeError, ValueError), match="max_seqlen"):
+        ops.full_attention(q, q, q, cu_seqlens=torch.tensor([0, 3, 8], dtype=torch.int32), max_seqlen=bad)
