@@ -35,8 +35,8 @@ def tiny_model(method):
     torch.manual_seed(0)
     # backend="triton": the GPU path (custom ops, the document block table) in Triton's interpreter.
     return SSAForCausalLM(SSAConfig(
-        method=method, vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, block_size=4, block_count=3, backend="triton",
+        method=method, vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, block_size=4, block_count=3, backend="triton",
     )).train()
 
 
