@@ -42,7 +42,7 @@ TRAIN_GROUPS = [
     ("sparse attn dq (triton)", r"^_dq_kernel"),
     ("sparse attn dk/dv (triton)", r"^_dkdv_kernel"),
     ("inverted index (triton)", r"_scan_kernel|_scatter|_items_kernel|_count_kernel"),
-    ("alignment + gates (triton)", r"_align"),
+    ("alignment + gates (triton)", r"^_(gated_)?align_"),  # not cutlass "..._align1" GEMMs
     ("dense attention (SDPA)", r"flash|fmha|cudnn|attention|sdpa"),
     ("matmul", r"gemm|cutlass|xmma|nvjet|sm90_|cublas|wgmma|gemv|triton_tem_fused_(mm|addmm|bmm)"),
     ("optimizer", r"multi_tensor|adam|Adam|foreach"),

@@ -8,7 +8,9 @@ chunk) and kept; backward only scales them by the incoming gradient. Forward the
 three matmuls a normal forward + backward would, and never more than one chunk of logits.
 
 Padded vocabulary: rows of the head beyond `vocab_size` (added so the matmul's N is a multiple of
-64) are dropped before the softmax, so padded ids get no probability mass and no gradient.
+64) take part in the matmuls, whose dimensions then stay multiples of 64 (a slice to `vocab_size`
+rows would send all three onto slow unaligned GEMM kernels), and their logits are set to -inf before
+the softmax, so padded ids get no probability mass and no gradient.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden) if need_h else None
         acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax and sums: float32 at least
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        w = weight[:vocab_size]
+        w, padded = weight, vocab_size < weight.shape[0]
         total = hidden.new_zeros((), dtype=acc)
         for r0 in range(0, hidden.shape[0], chunk_rows):
             h = hidden[r0:r0 + chunk_rows]
             y = targets[r0:r0 + chunk_rows]
             logits = (h @ w.t()).to(acc)
+            if padded:
+                logits[:, vocab_size:] = float("-inf")
             valid = y != IGNORE_INDEX
             y_safe = torch.where(valid, y, 0)
             lse = torch.logsumexp(logits, dim=-1)
@@ -50,7 +54,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_h:
                     grad_h[r0:r0 + chunk_rows] = grad @ w
                 if need_w:
-                    grad_w[:vocab_size] += (grad.t() @ h).to(acc)
+                    grad_w += (grad.t() @ h).to(acc)
         ctx.save_for_backward(grad_h, grad_w)
         return total / n_valid
 
