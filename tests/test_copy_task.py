@@ -206,3 +206,13 @@ def test_repeat_loss_counts_only_the_repeat():
     full = evaluate(model, rows.numpy(), method="full", micro_batch=6, device=torch.device("cpu"),
                     amp_dtype=torch.float32)
     assert abs(full["full"] - got["full"]) > 1e-3  # the unmasked loss differs
+
+
+def test_copy_results_are_read_back(tmp_path):
+    """`ssa compare --sections copy` writes eval/copy.json; the run's results must include it."""
+    from ssa.evaluation.results import read_results, write_result
+
+    payload = {"modes": {"full": {"accuracy": 0.9, "positions": 10}, "sparse": {"accuracy": 0.4, "positions": 10}}}
+    write_result(tmp_path / "eval" / "copy.json", "copy", {"method": "full"}, {"rows": 2}, payload)
+    got = read_results(tmp_path)
+    assert got["copy"]["modes"]["sparse"]["accuracy"] == 0.4

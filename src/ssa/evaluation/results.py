@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ssa.training.checkpoint import write_text_atomic
 
-KINDS = ("perplexity", "attention", "extrapolation", "retrieval", "commonsense")
+KINDS = ("perplexity", "attention", "extrapolation", "retrieval", "commonsense", "copy")
 
 
 def write_result(path: Path, kind: str, meta: dict, settings: dict, payload: dict, tag: str | None = None) -> Path:
