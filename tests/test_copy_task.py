@@ -216,3 +216,31 @@ def test_copy_results_are_read_back(tmp_path):
     write_result(tmp_path / "eval" / "copy.json", "copy", {"method": "full"}, {"rows": 2}, payload)
     got = read_results(tmp_path)
     assert got["copy"]["modes"]["sparse"]["accuracy"] == 0.4
+
+
+def test_trainer_step_loss_counts_only_the_repeat(tmp_path):
+    """The trainer's training loss under loss=repeat is the CE over the copy spans of its batch."""
+    import torch.nn.functional as F
+
+    from ssa.training import distributed as dist
+    from ssa.training.config import resolve_config
+    from ssa.training.trainer import Trainer
+
+    syn = {"row_len": 48, "segment_min": 4, "segment_max": 8, "min_gap": 2, "max_gap": 10, "loss": "repeat"}
+    base = {"model": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "block_size": 8,
+                      "block_count": 2},
+            "train": {"micro_batch_size": 4, "max_steps": 2, "num_threads": 1, "device": "cpu"},
+            "data": {"source": "synthetic-copy", "seq_len": 48, "synthetic": syn,
+                     "synthetic_train_bytes": 2000, "synthetic_val_bytes": 500}}
+    cfg = resolve_config(base, method="full")
+    trainer = Trainer(cfg, tmp_path / "run", info=dist.env_info(), device=torch.device("cpu")).build()
+    x = torch.from_numpy(trainer.loader.next_step()[0]).long()
+    with torch.no_grad():
+        got = float(trainer.forward(x).ce_loss)
+        logits = trainer.model(x).logits
+    losses = []
+    for r in range(x.shape[0]):
+        doc = bytes(x[r, :-1].tolist()).decode()  # the row's document; its last token is the EOS
+        a, b = copy_span(doc)
+        losses.append(F.cross_entropy(logits[r, a - 1:b - 1], x[r, a:b], reduction="none"))
+    assert got == pytest.approx(float(torch.cat(losses).mean()), rel=1e-5)
