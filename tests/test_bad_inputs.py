@@ -115,7 +115,7 @@ def _fill(argv, run, files):
 
 @pytest.mark.parametrize("argv,needles", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
 def test_cli_bad_input_is_one_clear_line(argv, needles, run, files, capsys, monkeypatch):
-    if "cuda" in argv and torch.cuda.is_available():
+    if ("cuda" in argv or "CUDA" in needles) and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     monkeypatch.setenv("SSA_DATA_DIR", str(files / "empty_data"))  # no shared data: --all must say so
     try:

@@ -22,13 +22,17 @@ B, T, VOCAB = 2, 16, 64
 RESTARTS = [[(7,), (3, 11)], [(1, 2, 15), ()], [(5, 9, 13, 14), (10,)], [(), (4,)]]
 
 
+# backend="triton" runs on CUDA tensors natively and on CPU tensors in Triton's interpreter.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def batch(i):
     ids = torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(i))
     positions = torch.arange(T).repeat(B, 1)
     for row, starts in enumerate(RESTARTS[i]):
         for s in starts:
             positions[row, s:] = torch.arange(T - s)
-    return ids, positions
+    return ids.to(DEVICE), positions.to(DEVICE)
 
 
 def tiny_model(method):
@@ -37,7 +41,7 @@ def tiny_model(method):
     return SSAForCausalLM(SSAConfig(
         method=method, vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         num_key_value_heads=1, block_size=4, block_count=3, backend="triton",
-    )).train()
+    )).to(DEVICE).train()
 
 
 @pytest.mark.parametrize("method,mode", [("full", None), ("ssa", "full"), ("ssa", "sparse")])

@@ -48,3 +48,19 @@ def test_compile_backend_must_be_a_name():
     base["train"]["compile_backend"] = 3
     with pytest.raises(ValueError, match="train.compile_backend"):
         resolve_config({k: base[k] for k in ("model", "train", "data")}, method="full")
+
+
+@pytest.mark.parametrize("method,pack,backend,refused", [
+    ("ssa", "documents", "inductor", True), ("moba", "documents", "inductor", True),
+    ("nsa", "documents", "inductor", True), ("full", "documents", "inductor", False),
+    ("ssa", "stream", "inductor", False), ("ssa", "documents", "aot_eager", False),
+])
+def test_inductor_with_packed_documents_is_refused_for_sparse_methods(method, pack, backend, refused):
+    base = micro_config(method, compile=True, compile_backend=backend)
+    cfg = {k: base[k] for k in ("model", "train", "data")}
+    cfg["data"] = {**cfg["data"], "pack": pack}
+    if refused:
+        with pytest.raises(ValueError, match=f"train.compile=true .*method={method}.*data.pack=documents"):
+            resolve_config(cfg, method=method)
+    else:
+        assert resolve_config(cfg, method=method)["train"]["compile"] is True

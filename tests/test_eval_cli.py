@@ -76,7 +76,8 @@ def test_model_statistics_match_direct_computation(tiny_runs):  # noqa: F811
     loaded = load(tiny_runs["full"])
     model = loaded.model
     torch.manual_seed(0)
-    ids = torch.randint(0, 256, (2, 48))
+    device = next(model.parameters()).device  # `load` puts the model on the GPU when there is one
+    ids = torch.randint(0, 256, (2, 48)).to(device)
     captured = {}
     attn = model.model.layers[0].self_attn
 
@@ -89,7 +90,7 @@ def test_model_statistics_match_direct_computation(tiny_runs):  # noqa: F811
 
     x = captured["x"]
     B, T, _ = x.shape
-    pos = torch.arange(T)[None].expand(B, T)
+    pos = torch.arange(T, device=device)[None].expand(B, T)
     cos, sin = model.model.rotary(pos)
     q = apply_rope(attn.q_proj(x).view(B, T, attn.num_heads, attn.head_dim), cos, sin)
     k = apply_rope(attn.k_proj(x).view(B, T, attn.num_kv_heads, attn.head_dim), cos, sin)

@@ -149,7 +149,8 @@ def test_budget_sweep_on_tiny_model(tiny_runs):  # noqa: F811
     by = {(r["mode"], r["block_count"]): r for r in res}
     # Brute force: mean NLL of the full forward with labels (the model's own cross-entropy).
     with torch.no_grad():
-        ce = float(loaded.model(rows, labels=rows, attention_mode="full").ce_loss)
+        on_device = rows.to(next(loaded.model.parameters()).device)  # `load` picks the GPU when there is one
+        ce = float(loaded.model(on_device, labels=on_device, attention_mode="full").ce_loss)
     assert by[("full", None)]["nats_per_token"] == pytest.approx(ce, rel=1e-5)
     assert by[("full", None)]["tokens"] == 3 * 63
     # Byte tokenizer: bits per byte = nats per token / ln 2.
