@@ -7,17 +7,7 @@
 #     the dense options (unmasked SDPA, varlen flash, SDPA per document, FlexAttention document mask).
 # Writes $OUT/docmask/: tests.txt, documents.json, bench.txt; prints the summary table last.
 set -uo pipefail
-BUDGET=90
-START=$(date +%s)
-OUT=${OUT:-/tmp/ssa_out}
-DEST=$OUT/docmask
-mkdir -p "$DEST"
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
-left() { echo $(( BUDGET - ($(date +%s) - START) )); }
-
-python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" \
-  | tee "$DEST/env.txt"
+. benchmarks/device/common.sh docmask 90
 timeout $(( $(left) > 35 ? 30 : $(left) / 2 )) python3 -m pytest -q -x -p no:cacheprovider tests/test_documents.py \
   -k "triton or reference or nsa or block_table" > "$DEST/tests.txt" 2>&1
 echo "tests rc=$? $(tail -1 "$DEST/tests.txt")"

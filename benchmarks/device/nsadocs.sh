@@ -7,17 +7,7 @@
 #     of each branch unpacked on rows, packed with cu_seqlens (one launch), and looped per document.
 # Writes $OUT/nsadocs/: env.txt, tests.txt, nsa_documents.json, bench.txt; prints the summary last.
 set -uo pipefail
-BUDGET=120
-START=$(date +%s)
-OUT=${OUT:-/tmp/ssa_out}
-DEST=$OUT/nsadocs
-mkdir -p "$DEST"
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONUNBUFFERED=1
-left() { echo $(( BUDGET - ($(date +%s) - START) )); }
-
-python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())" \
-  | tee "$DEST/env.txt"
+. benchmarks/device/common.sh nsadocs 120
 timeout 50 python3 -m pytest -q -p no:cacheprovider tests/test_nsa_documents.py tests/test_documents.py \
   -k "nsa or packed_batch or triton" > "$DEST/tests.txt" 2>&1
 echo "tests rc=$? $(tail -1 "$DEST/tests.txt")"

@@ -32,12 +32,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden) if need_h else None
         acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax and sums: float32 at least
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        w, padded = weight, vocab_size < weight.shape[0]
+        padded = vocab_size < weight.shape[0]
         total = hidden.new_zeros((), dtype=acc)
         for r0 in range(0, hidden.shape[0], chunk_rows):
             h = hidden[r0:r0 + chunk_rows]
             y = targets[r0:r0 + chunk_rows]
-            logits = (h @ w.t()).to(acc)
+            logits = (h @ weight.t()).to(acc)
             if padded:
                 logits[:, vocab_size:] = float("-inf")
             valid = y != IGNORE_INDEX
@@ -52,7 +52,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad.mul_((valid.to(acc) / n_valid)[:, None])
                 grad = grad.to(hidden.dtype)
                 if need_h:
-                    grad_h[r0:r0 + chunk_rows] = grad @ w
+                    grad_h[r0:r0 + chunk_rows] = grad @ weight
                 if need_w:
                     grad_w += (grad.t() @ h).to(acc)
         ctx.save_for_backward(grad_h, grad_w)
