@@ -256,13 +256,28 @@ def test_trainer_feeds_document_positions():
     assert math.isfinite(float(loss))
 
 
-def test_block_table_numbers_every_document_grid():
+@pytest.mark.parametrize("seed", range(6))
+def test_count_at_or_below_is_searchsorted(seed):
+    pytest.importorskip("ssa.ops.triton")
+    from ssa.ops.triton._documents import _count_at_or_below
+
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 40, (1,), generator=g))
+    # Sorted bounds in [0, n] with repeats (empty documents) and bounds at 0 and n.
+    bounds = torch.sort(torch.randint(0, n + 1, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g)).values
+    bounds = torch.cat([bounds, torch.tensor([0, n])]).sort().values
+    expected = torch.searchsorted(bounds, torch.arange(n), right=True)
+    assert torch.equal(_count_at_or_below(bounds, n), expected)
+
+
+@pytest.mark.parametrize("lengths,s", [([5, 1, 0, 19, 8, 16], 8), ([0, 3, 0], 4), ([16, 16], 16),
+                                       ([7, 0, 0], 1), ([1], 5), ([0, 0, 9], 3)])
+def test_block_table_numbers_every_document_grid(lengths, s):
     pytest.importorskip("ssa.ops.triton")
     from ssa.ops.triton import _documents
 
     # The kernels run where the tensors live: CUDA natively, the CPU only under the interpreter.
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    lengths, s = [5, 1, 0, 19, 8, 16], 8
     cu = _cu(lengths).to(device)
     T = int(cu[-1])
     table = _documents.block_table(cu, T, s)

@@ -49,6 +49,31 @@ def test_chunked_ce_under_bf16_autocast_matches_dense():
     assert gh.dtype == gw.dtype == torch.float32
 
 
+def _cxx_compiler():
+    import shutil
+
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_chunk_math_matches_eager(backend):
+    """The trainer's `train.compile` runs each chunk's math compiled: same loss and gradients."""
+    if backend == "inductor" and not _cxx_compiler():
+        pytest.skip("inductor on the CPU needs a C++ compiler")
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(13, 8, generator=g, requires_grad=True)
+    w = torch.randn(16, 8, generator=g, requires_grad=True)
+    y = torch.randint(0, 11, (13,), generator=g)
+    y[[0, 7]] = IGNORE_INDEX
+    results = []
+    for compile_backend in (None, backend):  # chunks of 5, 5 and 3 rows: two compiled shapes
+        loss = linear_cross_entropy(h, w, y, 11, chunk_rows=5, compile_backend=compile_backend)
+        results.append((loss, *torch.autograd.grad(2.0 * loss, (h, w))))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[0][0], _dense_ce(h, w, y, 11), rtol=1e-5, atol=1e-6)
+
+
 def test_chunked_ce_rejects_bad_vocab():
     with pytest.raises(ValueError, match="vocab_size"):
         linear_cross_entropy(torch.zeros(2, 4), torch.zeros(8, 4), torch.zeros(2, dtype=torch.long), 9)

@@ -22,39 +22,59 @@ IGNORE_INDEX = -100
 CHUNK_ELEMENTS = 2 ** 26
 
 
+def chunk_step(h, weight, y, n_valid, vocab_size: int, need_grad: bool):
+    """One chunk of rows: (sum of its CE terms, d loss / d logits in h's dtype or None).
+
+    Pure and out-of-place, so that `torch.compile` can fuse the float32 upcast, the padded-id mask,
+    the log-sum-exp and the gradient into a reduction and one elementwise pass over the logits
+    (eager PyTorch reads and writes the chunk's logits about eight times)."""
+    acc = torch.promote_types(h.dtype, torch.float32)  # softmax and sums: float32 at least
+    logits = (h @ weight.t()).to(acc)
+    ids = torch.arange(weight.shape[0], device=h.device)
+    if vocab_size < weight.shape[0]:
+        logits = logits.masked_fill(ids >= vocab_size, float("-inf"))
+    valid = y != IGNORE_INDEX
+    y_safe = torch.where(valid, y, 0)
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(1, y_safe[:, None]).squeeze(1)
+    total = ((lse - picked) * valid).sum()
+    if not need_grad:
+        return total, None
+    # d loss / d logits = softmax - onehot, for valid rows, divided by the valid count.
+    onehot = (ids[None, :] == y_safe[:, None]).to(acc)
+    grad = (torch.exp(logits - lse[:, None]) - onehot) * (valid.to(acc) / n_valid)[:, None]
+    return total, grad.to(h.dtype)
+
+
+_COMPILED_STEPS: dict = {}
+
+
+def compiled_chunk_step(backend: str):
+    """`chunk_step` under `torch.compile(backend=backend)`, built once per backend."""
+    if backend not in _COMPILED_STEPS:
+        _COMPILED_STEPS[backend] = torch.compile(chunk_step, backend=backend, dynamic=False)
+    return _COMPILED_STEPS[backend]
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk_rows: int):
+    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk_rows: int, step):
         ctx.weight_dtype = weight.dtype
         # A tensor, not a Python int: reading it would make the host wait for the GPU every step.
         n_valid = (targets != IGNORE_INDEX).sum().clamp_min(1)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(hidden) if need_h else None
-        acc = torch.promote_types(hidden.dtype, torch.float32)  # softmax and sums: float32 at least
+        acc = torch.promote_types(hidden.dtype, torch.float32)
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        padded = vocab_size < weight.shape[0]
         total = hidden.new_zeros((), dtype=acc)
         for r0 in range(0, hidden.shape[0], chunk_rows):
             h = hidden[r0:r0 + chunk_rows]
-            y = targets[r0:r0 + chunk_rows]
-            logits = (h @ weight.t()).to(acc)
-            if padded:
-                logits[:, vocab_size:] = float("-inf")
-            valid = y != IGNORE_INDEX
-            y_safe = torch.where(valid, y, 0)
-            lse = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, y_safe[:, None]).squeeze(1)
-            total += ((lse - picked) * valid).sum()
-            if need_h or need_w:
-                # d loss / d logits = softmax - onehot, for valid rows, divided by the valid count.
-                grad = torch.exp(logits.sub_(lse[:, None]))
-                grad.scatter_add_(1, y_safe[:, None], -torch.ones_like(picked)[:, None])
-                grad.mul_((valid.to(acc) / n_valid)[:, None])
-                grad = grad.to(hidden.dtype)
-                if need_h:
-                    grad_h[r0:r0 + chunk_rows] = grad @ weight
-                if need_w:
-                    grad_w += (grad.t() @ h).to(acc)
+            part, grad = step(h, weight, targets[r0:r0 + chunk_rows], n_valid, vocab_size, need_h or need_w)
+            total += part
+            if need_h:
+                grad_h[r0:r0 + chunk_rows] = grad @ weight
+            if need_w:
+                grad_w += (grad.t() @ h).to(acc)
         ctx.save_for_backward(grad_h, grad_w)
         return total / n_valid
 
@@ -63,15 +83,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         dh = None if grad_h is None else grad_h * grad_out.to(grad_h.dtype)
         dw = None if grad_w is None else (grad_w * grad_out).to(ctx.weight_dtype)
-        return dh, dw, None, None, None
+        return dh, dw, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         vocab_size: int | None = None, chunk_rows: int | None = None) -> torch.Tensor:
+                         vocab_size: int | None = None, chunk_rows: int | None = None,
+                         compile_backend: str | None = None) -> torch.Tensor:
     """Mean CE of `targets` under logits `hidden @ weight[:vocab_size].T`, float32, chunked.
 
     hidden [N, H], weight [V_padded, H], targets [N] int (IGNORE_INDEX rows are skipped). Under
     autocast the matmuls run in the autocast dtype, as `F.linear` would; softmax is float32.
+    `compile_backend`: run each chunk's math under `torch.compile` with that backend (None: eager).
     """
     vocab_size = weight.shape[0] if vocab_size is None else vocab_size
     if not 1 <= vocab_size <= weight.shape[0]:
@@ -85,4 +107,5 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if chunk_rows is None:
         chunk_rows = max(1, CHUNK_ELEMENTS // vocab_size)
     with torch.autocast(dev, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, chunk_rows)
+        step = chunk_step if compile_backend is None else compiled_chunk_step(compile_backend)
+        return _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, chunk_rows, step)

@@ -261,6 +261,8 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
         self.model = SSAModel(config)
         # Tied embeddings reuse embed_tokens directly instead of relying on weight-tying hooks.
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
+        # torch.compile backend for the loss's per-chunk math (set by training's apply_compile).
+        self.loss_compile_backend: str | None = None
         self.post_init()
 
     def get_input_embeddings(self):
@@ -350,7 +352,8 @@ class SSAForCausalLM(SSAPreTrainedModel, GenerationMixin):
             # The loss never materialises the logits of the whole batch (model/loss.py). Position t
             # predicts labels[t + 1]; the last has none.
             targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-            ce_loss = linear_cross_entropy(hidden.flatten(0, 1), weight, targets.flatten(), vocab)
+            ce_loss = linear_cross_entropy(hidden.flatten(0, 1), weight, targets.flatten(), vocab,
+                                           compile_backend=self.loss_compile_backend)
             loss = ce_loss + self.config.alpha * align_loss if aligns else ce_loss
         if labels is None or not self.training:
             # Training skips the logits to save memory; evaluation callers (metrics, lm-eval

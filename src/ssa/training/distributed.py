@@ -121,10 +121,10 @@ def apply_activation_checkpointing(model) -> None:
 
 
 def apply_compile(model, backend: str = "inductor") -> None:
-    """`torch.compile` each decoder block in place (parameter names do not change). The Triton
-    kernels are custom ops with fake kernels, so the graph holds them as single nodes. Blocks, not
-    the whole model: one graph serves every layer, and the chunked loss and mode plan stay eager.
-    `backend` is torch.compile's (`train.compile_backend`)."""
+    """`torch.compile` each decoder block in place (parameter names do not change), and the chunked
+    loss's per-chunk math. The Triton kernels are custom ops with fake kernels, so the graph holds
+    them as single nodes. Blocks, not the whole model: one graph serves every layer, and the chunk
+    loop and mode plan stay eager. `backend` is torch.compile's (`train.compile_backend`)."""
     import torch
 
     from ..ops.api import _triton_module
@@ -137,6 +137,7 @@ def apply_compile(model, backend: str = "inductor") -> None:
     _triton_module()
     for layer in model.model.layers:
         layer.compile(dynamic=False, backend=backend)
+    model.loss_compile_backend = backend
 
 
 def wrap_model(model, info: DistInfo, device, find_unused: bool = False, parallel: str = "ddp", param_dtype=None):

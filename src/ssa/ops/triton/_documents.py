@@ -91,19 +91,29 @@ def _build(cu: torch.Tensor, T: int, s: int) -> BlockTable:
     nb = -(-T // s) + num_docs  # sum of ceil(len / s) never exceeds this
     lengths = cu[1:] - cu[:-1]
     blocks = (lengths + s - 1) // s
-    first = torch.zeros(num_docs + 1, dtype=torch.long, device=dev)
-    first[1:] = torch.cumsum(blocks, 0)
+    ends = torch.cumsum(blocks, 0)  # one past each document's last global block id
+    first = ends - blocks
     g = torch.arange(nb, device=dev)
-    doc = torch.searchsorted(first[1:], g, right=True)  # num_docs for the unused ids past the last
+    doc = _count_at_or_below(ends, nb)  # num_docs for the unused ids past the last
     real = doc < num_docs
     doc = doc.clamp(max=num_docs - 1)
-    starts = torch.full((nb + 1,), T, dtype=torch.long, device=dev)
-    starts[:nb] = torch.where(real, cu[doc] + (g - first[doc]) * s, T)
-    t = torch.arange(T, device=dev)
-    token_doc = torch.searchsorted(cu[1:], t, right=True)
+    starts = torch.nn.functional.pad(torch.where(real, cu[doc] + (g - first[doc]) * s, T), (0, 1), value=T)
+    token_doc = _count_at_or_below(cu[1:], T)
     return BlockTable(
         block_starts=starts.to(torch.int32),
         block_first=first[doc].to(torch.int32),
         token_first=first[token_doc].to(torch.int32),
         token_blocks=blocks[token_doc].to(torch.int32),
     )
+
+
+def _count_at_or_below(bounds: torch.Tensor, n: int) -> torch.Tensor:
+    """For every i in [0, n): how many of the sorted `bounds` (each in [0, n]) are <= i.
+
+    This is `searchsorted(bounds, arange(n), right=True)`, written as a histogram and a running sum:
+    inductor's searchsorted lowering on the GPU (torch <= 2.11) fails on a sliced boundary tensor
+    (`NotImplementedError: SliceView`), and these bounds are slices of cu_seqlens.
+    """
+    hist = torch.zeros(n + 1, dtype=torch.long, device=bounds.device)
+    hist.index_add_(0, bounds, torch.ones_like(bounds))
+    return torch.cumsum(hist, 0)[:n]
