@@ -44,7 +44,7 @@ def tiny_model(method):
     )).to(DEVICE).train()
 
 
-@pytest.mark.parametrize("method,mode", [("full", None), ("ssa", "full"), ("ssa", "sparse")])
+@pytest.mark.parametrize("method,mode", [("full", None), ("ssa", "full"), ("ssa", "sparse"), ("nsa", None)])
 def test_packed_batches_compile_once_and_match_eager(method, mode):
     torch._dynamo.reset()
     eager = tiny_model(method)

@@ -257,9 +257,9 @@ def test_trainer_feeds_document_positions():
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_count_at_or_below_is_searchsorted(seed):
+def testcount_at_or_below_is_searchsorted(seed):
     pytest.importorskip("ssa.ops.triton")
-    from ssa.ops.triton._documents import _count_at_or_below
+    from ssa.ops.triton._documents import count_at_or_below
 
     g = torch.Generator().manual_seed(seed)
     n = int(torch.randint(1, 40, (1,), generator=g))
@@ -267,7 +267,7 @@ def test_count_at_or_below_is_searchsorted(seed):
     bounds = torch.sort(torch.randint(0, n + 1, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g)).values
     bounds = torch.cat([bounds, torch.tensor([0, n])]).sort().values
     expected = torch.searchsorted(bounds, torch.arange(n), right=True)
-    assert torch.equal(_count_at_or_below(bounds, n), expected)
+    assert torch.equal(count_at_or_below(bounds, n), expected)
 
 
 @pytest.mark.parametrize("lengths,s", [([5, 1, 0, 19, 8, 16], 8), ([0, 3, 0], 4), ([16, 16], 16),

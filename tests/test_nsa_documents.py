@@ -57,13 +57,22 @@ def _check_against_documents(packed, one_document, leaves, cu, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("HQ,HK", [(2, 2), (4, 2), (4, 1)])
 @pytest.mark.parametrize("tile", [8, 256])  # tiles that cut documents, and one tile for all
-def test_compressed_documents_equal_documents_one_by_one(monkeypatch, dtype, HQ, HK, tile):
+# The key-tile width read back from the device (None), or sized from a bound on the documents'
+# lengths: the longest document itself (the tightest allowed) or a looser one.
+@pytest.mark.parametrize("max_seqlen", [None, max(LENGTHS), 3 * max(LENGTHS)])
+def test_compressed_documents_equal_documents_one_by_one(monkeypatch, dtype, HQ, HK, tile, max_seqlen):
     monkeypatch.setattr(_nsa, "QUERY_TILE", tile)
     s, D, scale = 4, 6, 0.4
     cu = _cu(LENGTHS)
     leaves = _leaves(int(cu[-1]), HQ, HK, D, dtype, seed=HQ + HK)
-    _check_against_documents(lambda q, k, v, c: tri.compressed_attention(q, k, v, s, scale, c),
+    _check_against_documents(lambda q, k, v, c: tri.compressed_attention(q, k, v, s, scale, c, max_seqlen),
                              lambda q, k, v: reference.compressed_attention(q, k, v, s, scale), leaves, cu, dtype)
+
+
+def test_compressed_max_seqlen_below_the_longest_document_is_refused():
+    q, k, v = _leaves(int(_cu(LENGTHS)[-1]), 2, 2, 6, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="max_seqlen=10 is below the longest document"):
+        ops.compressed_attention(q, k, v, 4, cu_seqlens=_cu(LENGTHS), max_seqlen=10, backend="triton")
 
 
 def test_compressed_first_block_of_every_document_is_exactly_zero():

@@ -97,6 +97,7 @@ for method, mode in (("full", None), ("ssa", "sparse"), ("ssa", "full"), ("moba"
     else:
         steps[f"{method}-{mode}"] = {"step_ms": times, "graphs_after_step": graphs,
                                      "graph_breaks": sum(counters["graph_break"].values()),
+                                     "break_reasons": {k[:300]: v for k, v in counters["graph_break"].items()},
                                      "loss_diff": max(diffs)}
 out["compiled_steps"] = steps
 json.dump(out, open(sys.argv[1], "w"), indent=1)

@@ -18,8 +18,12 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
-# Elements of one float32 logits chunk (rows * vocab): 2**26 floats = 256 MiB.
+# Elements of one logits chunk (rows * vocab). Eager: 2**26 (256 MiB per float32 temporary, of which
+# the chunk's math holds a few). Compiled, the float32 temporaries are fused away and the chunk holds
+# only its logits and gradient in the autocast dtype (1 GiB at 2**28): fewer, larger chunks cut the
+# per-chunk host work and the float32 head-gradient accumulations.
 CHUNK_ELEMENTS = 2 ** 26
+COMPILED_CHUNK_ELEMENTS = 2 ** 28
 
 
 def chunk_step(h, weight, y, n_valid, vocab_size: int, need_grad: bool):
@@ -105,7 +109,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         dtype = torch.get_autocast_dtype(dev)
         hidden, weight = hidden.to(dtype), weight.to(dtype)
     if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_ELEMENTS // vocab_size)
+        chunk_rows = max(1, (CHUNK_ELEMENTS if compile_backend is None else COMPILED_CHUNK_ELEMENTS) // vocab_size)
     with torch.autocast(dev, enabled=False):
         step = chunk_step if compile_backend is None else compiled_chunk_step(compile_backend)
         return _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, chunk_rows, step)

@@ -105,7 +105,8 @@ class GatedAttention(nn.Module):
         if cfg.method == "nsa":
             indices = self._select(q, k, plan)
             branches = (
-                ops.compressed_attention(q, k, v, plan.block_size, self.scale, backend=backend, cu_seqlens=cu),
+                ops.compressed_attention(q, k, v, plan.block_size, self.scale, backend=backend, cu_seqlens=cu,
+                                         max_seqlen=plan.max_seqlen),
                 ops.block_sparse_attention(q, k, v, plan.block_size, plan.block_count, indices, self.scale,
                                            backend=backend, cu_seqlens=cu, check_indices=False),
                 ops.sliding_window_attention(q, k, v, cfg.nsa_window, self.scale, backend=backend, cu_seqlens=cu),

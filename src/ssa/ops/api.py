@@ -133,7 +133,7 @@ def _implementation(name: str, backend: str, x):
     return fast or getattr(reference, name)
 
 
-def _nsa_branch(name, size_name, size, q, k, v, scale, backend, cu_seqlens):
+def _nsa_branch(name, size_name, size, q, k, v, scale, backend, cu_seqlens, **extra):
     """Checks and dispatch of the NSA branches, which take one size (block or window). With
     `cu_seqlens` the Triton path runs all packed documents in one launch; the reference runs each
     document on its own (it is the definition)."""
@@ -142,15 +142,23 @@ def _nsa_branch(name, size_name, size, q, k, v, scale, backend, cu_seqlens):
     scale = check_scale(scale, D)
     if cu_seqlens is not None:
         check_cu_seqlens(cu_seqlens, B, T, q.device)
-    return _implementation(name, backend, q)(q, k, v, size, scale, cu_seqlens)
+    if extra.get("max_seqlen") is not None:
+        check_positive_int("max_seqlen", extra["max_seqlen"])
+        if cu_seqlens is not None:
+            dense.check_max_seqlen(cu_seqlens, extra["max_seqlen"])
+    return _implementation(name, backend, q)(q, k, v, size, scale, cu_seqlens, **extra)
 
 
-def compressed_attention(q, k, v, block_size: int = 16, scale=None, backend: str = "auto", cu_seqlens=None):
+def compressed_attention(q, k, v, block_size: int = 16, scale=None, backend: str = "auto", cu_seqlens=None,
+                         max_seqlen=None):
     """NSA compression branch over mean-pooled K/V of complete preceding blocks.
 
     With `cu_seqlens` (packed documents) each document has its own block grid; on the GPU all
-    documents take one SDPA call."""
-    return _nsa_branch("compressed_attention", "block_size", block_size, q, k, v, scale, backend, cu_seqlens)
+    documents take one SDPA call. `max_seqlen`, as in `full_attention`: a bound on the documents'
+    lengths (the row length of packed rows), from which the GPU path sizes its key tiles without
+    reading the lengths back (under torch.compile it would otherwise use the sequence length)."""
+    return _nsa_branch("compressed_attention", "block_size", block_size, q, k, v, scale, backend, cu_seqlens,
+                       max_seqlen=max_seqlen)
 
 
 def sliding_window_attention(q, k, v, window: int = 128, scale=None, backend: str = "auto", cu_seqlens=None):

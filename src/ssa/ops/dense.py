@@ -43,6 +43,13 @@ def longest_document(cu_seqlens: torch.Tensor) -> int:
     return value
 
 
+def check_max_seqlen(cu_seqlens: torch.Tensor, max_seqlen: int) -> None:
+    """A bound below the longest document would silently drop keys. Not under torch.compile, where
+    the value read back would be specialised on; the callers there pass the row length."""
+    if not torch.compiler.is_compiling() and max_seqlen < longest_document(cu_seqlens):
+        raise ValueError(f"max_seqlen={max_seqlen} is below the longest document ({longest_document(cu_seqlens)} tokens)")
+
+
 def varlen_available(q: torch.Tensor) -> bool:
     return _varlen_attn is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
 
@@ -70,8 +77,8 @@ def document_attention(q, k, v, scale: float, cu_seqlens: torch.Tensor, max_seql
         max_seqlen = max_seqlen or q.shape[1]
     elif max_seqlen is None:
         max_seqlen = longest_document(cu_seqlens)
-    elif max_seqlen < longest_document(cu_seqlens):  # a smaller bound would silently drop keys
-        raise ValueError(f"max_seqlen={max_seqlen} is below the longest document ({longest_document(cu_seqlens)} tokens)")
+    else:
+        check_max_seqlen(cu_seqlens, max_seqlen)
     o = _varlen_attn(q[0], k[0], v[0], cu, cu, max_seqlen, max_seqlen, scale=scale, **extra)
     return o[None]
 

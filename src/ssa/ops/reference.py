@@ -222,11 +222,12 @@ def full_attention(q, k, v, scale: float, cu_seqlens=None, attn_mask=None):
     return o.transpose(1, 2)
 
 
-def compressed_attention(q, k, v, block_size: int, scale: float, cu_seqlens=None):
+def compressed_attention(q, k, v, block_size: int, scale: float, cu_seqlens=None, max_seqlen=None):
     """NSA compression branch: attention over mean-pooled K/V of the complete blocks before the query's block.
 
     Queries in the first block have nothing to attend to and output zeros. With `cu_seqlens` each
-    document is run on its own (the definition of the packed op).
+    document is run on its own (the definition of the packed op); `max_seqlen`, a bound on the
+    documents' lengths that the GPU path sizes its tiles from, changes nothing here.
     """
     if cu_seqlens is not None:
         return per_document(lambda *x: compressed_attention(*x, block_size, scale), cu_seqlens, q, k, v)

@@ -94,11 +94,11 @@ def _build(cu: torch.Tensor, T: int, s: int) -> BlockTable:
     ends = torch.cumsum(blocks, 0)  # one past each document's last global block id
     first = ends - blocks
     g = torch.arange(nb, device=dev)
-    doc = _count_at_or_below(ends, nb)  # num_docs for the unused ids past the last
+    doc = count_at_or_below(ends, nb)  # num_docs for the unused ids past the last
     real = doc < num_docs
     doc = doc.clamp(max=num_docs - 1)
     starts = torch.nn.functional.pad(torch.where(real, cu[doc] + (g - first[doc]) * s, T), (0, 1), value=T)
-    token_doc = _count_at_or_below(cu[1:], T)
+    token_doc = count_at_or_below(cu[1:], T)
     return BlockTable(
         block_starts=starts.to(torch.int32),
         block_first=first[doc].to(torch.int32),
@@ -107,7 +107,7 @@ def _build(cu: torch.Tensor, T: int, s: int) -> BlockTable:
     )
 
 
-def _count_at_or_below(bounds: torch.Tensor, n: int) -> torch.Tensor:
+def count_at_or_below(bounds: torch.Tensor, n: int) -> torch.Tensor:
     """For every i in [0, n): how many of the sorted `bounds` (each in [0, n]) are <= i.
 
     This is `searchsorted(bounds, arange(n), right=True)`, written as a histogram and a running sum:

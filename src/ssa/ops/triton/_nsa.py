@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import TensorMemo
+from ._documents import count_at_or_below
 
 # Queries per tile of the packed path: smaller tiles waste fewer masked keys (a tile's run starts
 # at the first block of its first query's document), larger ones make fewer, bigger SDPA batches.
@@ -57,19 +58,25 @@ class _Layout:
 _LAYOUTS = TensorMemo()
 
 
-# Not traced by torch.compile: the memo is keyed on the tensor object and a miss reads one host int,
-# which would break the compiled graph inside the lookup; skipped, it costs one clean break.
-@torch.compiler.disable
-def _layout(cu_seqlens: torch.Tensor, T: int, s: int) -> _Layout:
-    key = (T, s, QUERY_TILE)
+def _layout(cu_seqlens: torch.Tensor, T: int, s: int, max_seqlen: int | None = None) -> _Layout:
+    """The tiles' key runs and masks, once per cu_seqlens tensor (every layer shares it).
+
+    W, the widest run, comes from `max_seqlen` (a bound on the documents' lengths) when given: at
+    most (max_seqlen + QUERY_TILE - 1) // s blocks, a value of shapes only. Without it W is read
+    back from the device. Under torch.compile the layout is built inside the graph (a memo keyed on
+    the tensor object would recompile per batch) and W never depends on the batch's documents."""
+    width = None if max_seqlen is None else min(T // s, (max_seqlen + QUERY_TILE - 1) // s)
+    if torch.compiler.is_compiling():
+        return _build_layout(cu_seqlens.long(), T, s, T // s if width is None else width)
+    key = (T, s, QUERY_TILE, width)
     layout = _LAYOUTS.get(cu_seqlens, key)
     if layout is None:
-        layout = _build_layout(cu_seqlens.long(), T, s)
+        layout = _build_layout(cu_seqlens.long(), T, s, width)
         _LAYOUTS.put(cu_seqlens, key, layout)
     return layout
 
 
-def _build_layout(cu: torch.Tensor, T: int, s: int) -> _Layout:
+def _build_layout(cu: torch.Tensor, T: int, s: int, width: int | None) -> _Layout:
     dev = cu.device
     lengths = cu[1:] - cu[:-1]
     full = lengths // s  # complete blocks of each document
@@ -77,20 +84,20 @@ def _build_layout(cu: torch.Tensor, T: int, s: int) -> _Layout:
     first = ends - full  # index of each document's first complete block among all of them
     nc = T // s  # a bound from shapes: the documents' complete blocks never hold more than T tokens
     c = torch.arange(nc, device=dev)
-    doc_of_block = torch.searchsorted(ends, c, right=True).clamp(max=lengths.numel() - 1)
+    doc_of_block = count_at_or_below(ends, nc).clamp(max=lengths.numel() - 1)
     block_start = torch.where(c < ends[-1], cu[doc_of_block] + (c - first[doc_of_block]) * s, 0)
     key_tokens = block_start[:, None] + torch.arange(s, device=dev)[None, :]
 
     t = torch.arange(T, device=dev)
-    doc = torch.searchsorted(cu[1:], t, right=True)
+    doc = count_at_or_below(cu[1:], T)
     lo = first[doc]  # the query's first candidate
     hi = lo + (t - cu[doc]) // s  # one past its last candidate (== lo: only the zero key)
     C = QUERY_TILE
     tiles = -(-T // C)
     tile_lo = lo[::C]
     tile_hi = hi[(torch.arange(1, tiles + 1, device=dev) * C).clamp(max=T) - 1]
-    # The one device-to-host read of the packed path, once per cu_seqlens tensor (every layer shares it).
-    W = int((tile_hi - tile_lo).max())
+    # Without a bound: the one device-to-host read of the packed path, once per cu_seqlens tensor.
+    W = int((tile_hi - tile_lo).max()) if width is None else width
     j = torch.arange(W, device=dev)
     # Row 0 of the gathered keys is the zero key, rows 1 .. nc the blocks, past nc zero padding.
     tile_keys = torch.cat([torch.zeros(tiles, 1, dtype=torch.long, device=dev), 1 + tile_lo[:, None] + j[None, :]], 1)
@@ -105,13 +112,14 @@ def _build_layout(cu: torch.Tensor, T: int, s: int) -> _Layout:
     return _Layout(key_tokens, tile_keys, visible)
 
 
-def compressed_attention_documents(q, k, v, block_size: int, scale: float, cu_seqlens: torch.Tensor):
+def compressed_attention_documents(q, k, v, block_size: int, scale: float, cu_seqlens: torch.Tensor,
+                                   max_seqlen: int | None = None):
     """The compression branch of every packed document at once: q, k, v [1, T, H, D]."""
     _, T, HQ, D = q.shape
     HK = k.shape[2]
     G = HQ // HK
     s = block_size
-    lay = _layout(cu_seqlens, T, s)
+    lay = _layout(cu_seqlens, T, s, max_seqlen)
     W1 = lay.tile_keys.shape[1]
     tiles, C = lay.visible.shape[0], lay.visible.shape[2]
 

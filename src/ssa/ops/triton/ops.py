@@ -152,34 +152,42 @@ def _window_blocks(local: torch.Tensor, window: int) -> torch.Tensor:
 _WINDOW_BLOCKS = TensorMemo()
 
 
-@torch.compiler.disable  # a memo keyed on the tensor object: skipped by torch.compile, not traced
 def _document_window_blocks(cu_seqlens, T: int, window: int):
     """Window blocks of packed documents in the global block table ids, and the table's block
-    starts; built once per cu_seqlens tensor (every layer shares it), with no host sync."""
+    starts; built once per cu_seqlens tensor (every layer shares it), with no host sync. Under
+    torch.compile they are built inside the graph (the memo keys on the tensor object: traced, it
+    would recompile per batch)."""
+    if torch.compiler.is_compiling():
+        return _build_document_window_blocks(cu_seqlens, T, window)
     key = (T, window, WINDOW_BLOCK)
     hit = _WINDOW_BLOCKS.get(cu_seqlens, key)
     if hit is None:
-        table = _documents.block_table(cu_seqlens, T, WINDOW_BLOCK)
-        t = torch.arange(T, device=cu_seqlens.device)
-        doc_first = table.token_first.long()  # global id of the first block of each token's document
-        local = t - table.block_starts.long()[doc_first]
-        blocks = _window_blocks(local, window)
-        hit = torch.where(blocks >= 0, blocks + table.token_first[:, None], -1), table.block_starts
+        hit = _build_document_window_blocks(cu_seqlens, T, window)
         _WINDOW_BLOCKS.put(cu_seqlens, key, hit)
     return hit
 
 
-def compressed_attention(q, k, v, block_size: int, scale: float, cu_seqlens=None):
+def _build_document_window_blocks(cu_seqlens, T: int, window: int):
+    table = _documents.block_table(cu_seqlens, T, WINDOW_BLOCK)
+    t = torch.arange(T, device=cu_seqlens.device)
+    doc_first = table.token_first.long()  # global id of the first block of each token's document
+    local = t - table.block_starts.long()[doc_first]
+    blocks = _window_blocks(local, window)
+    return torch.where(blocks >= 0, blocks + table.token_first[:, None], -1), table.block_starts
+
+
+def compressed_attention(q, k, v, block_size: int, scale: float, cu_seqlens=None, max_seqlen=None):
     """NSA compression branch on the GPU: PyTorch SDPA over the mean-pooled blocks.
 
     A zero key/value pair is prepended and is the only visible key for queries of the first block
     (they have no complete earlier block): they output exactly zero and pass no gradient, as in the
     reference. The boolean mask is [T, T/s + 1]: small next to the T x T of full attention. With
     `cu_seqlens` (packed documents) every document's blocks start at its first token and all
-    documents run in one SDPA call (`_nsa.compressed_attention_documents`).
+    documents run in one SDPA call (`_nsa.compressed_attention_documents`), whose key tiles are
+    sized from `max_seqlen` (a bound on the documents' lengths) when given.
     """
     if q.dtype not in KERNEL_DTYPES:
         return reference.compressed_attention(q, k, v, block_size, scale, cu_seqlens)
     if cu_seqlens is not None:
-        return _nsa.compressed_attention_documents(q, k, v, block_size, scale, cu_seqlens)
+        return _nsa.compressed_attention_documents(q, k, v, block_size, scale, cu_seqlens, max_seqlen)
     return _nsa.compressed_attention(q, k, v, block_size, scale)

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The native test suite on one GPU: every tests/test_*.py (or SUITE_FILES="tests/a.py ..."), each
+# file in its own serial pytest process (no xdist, TRITON_INTERPRET unset), the files spread over
+# SUITE_LANES lanes that run side by side (default 4). Files are assigned longest first to the least
+# loaded lane, by the durations recorded in benchmarks/results/h200/native_suite_*.json (60 s for a
+# file with no record). SUITE_BUDGET (default 540 s) bounds the whole run; a file that would start
+# with 5 s or less left is reported as skipped.
+# Writes $OUT/suite/: summary.json (per file: tests, failures, errors, skipped, seconds, failed
+# names, lane), summary.md (the table, printed last), logs.tar.gz (pytest logs and junit files).
+set -uo pipefail  # run from the repository root
+. benchmarks/device/common.sh suite "${SUITE_BUDGET:-540}"
+unset TRITON_INTERPRET
+LANES=${SUITE_LANES:-4}
+work=$(mktemp -d)
+git rev-parse HEAD >> "$DEST/env.txt" 2>/dev/null || true
+
+python3 - "$LANES" "$work" ${SUITE_FILES:-} <<'PY'
+import glob, json, os, sys
+lanes, work, files = int(sys.argv[1]), sys.argv[2], sys.argv[3:] or sorted(glob.glob("tests/test_*.py"))
+known = {}
+for f in glob.glob("benchmarks/results/h200/native_suite_*.json"):
+    for name, row in json.load(open(f))["tests"].items():
+        if "seconds" in row:
+            known[name] = max(known.get(name, 0), row["seconds"])
+load = [0.0] * lanes
+plan = [[] for _ in range(lanes)]
+for f in sorted(files, key=lambda f: -known.get(os.path.basename(f)[:-3], 60)):
+    i = load.index(min(load))
+    plan[i].append(f)
+    load[i] += known.get(os.path.basename(f)[:-3], 60)
+for i, fs in enumerate(plan):
+    open(os.path.join(work, f"lane{i}"), "w").write("".join(f + "\n" for f in fs))
+    print(f"lane {i}: {load[i]:.0f} s expected, {len(fs)} files")
+PY
+
+run_lane() {
+  local i=$1
+  while read -r f; do
+    [ -n "$f" ] || continue
+    local name; name=$(basename "$f" .py)
+    local t; t=$(( $(left) - 10 ))
+    if [ "$t" -le 5 ]; then echo "skipped: no time left" >"$work/pytest-$name.log"; continue; fi
+    echo "lane $i" >"$work/lane-$name"
+    timeout -k 5 "$t" python3 -m pytest -q -p no:cacheprovider -p no:xdist -rfE "$f" \
+      --junitxml="$work/junit-$name.xml" >"$work/pytest-$name.log" 2>&1 </dev/null
+    echo "rc=$?" >>"$work/pytest-$name.log"
+  done <"$work/lane$i"
+}
+for i in $(seq 0 $((LANES - 1))); do run_lane "$i" & done
+wait
+
+python3 - "$work" "$DEST" <<'PY'
+import glob, json, os, sys
+import xml.etree.ElementTree as ET
+work, dest = sys.argv[1:]
+rows = {}
+for f in sorted(glob.glob(os.path.join(work, "pytest-*.log"))):
+    name = os.path.basename(f)[7:-4]
+    junit = os.path.join(work, f"junit-{name}.xml")
+    row = {"status": open(f).read().strip().splitlines()[-1:] or ["no output"]}
+    if os.path.exists(junit):
+        s = ET.parse(junit).getroot()
+        s = s if s.tag == "testsuite" else s.find("testsuite")
+        row = {k: int(s.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+        row["seconds"] = float(s.get("time", 0))
+        row["failed"] = [c.get("name") for c in s.iter("testcase")
+                         if c.find("failure") is not None or c.find("error") is not None]
+    lane = os.path.join(work, f"lane-{name}")
+    row["lane"] = open(lane).read().strip() if os.path.exists(lane) else None
+    rows[name] = row
+json.dump({"tests": rows}, open(os.path.join(dest, "summary.json"), "w"), indent=1)
+done = [r for r in rows.values() if "tests" in r]
+lines = ["| test file | tests | failed | errors | skipped | s | failing tests |", "|---|---|---|---|---|---|---|"]
+for name, r in rows.items():
+    if "tests" in r:
+        lines.append(f"| {name} | {r['tests']} | {r['failures']} | {r['errors']} | {r['skipped']} | {r['seconds']:.1f} | "
+                     f"{' '.join(r['failed'])[:300]} |")
+    else:
+        lines.append(f"| {name} | - | - | - | - | - | {r['status']} |")
+lines.append(f"\n{len(done)} of {len(rows)} files ran: {sum(r['tests'] for r in done)} tests, "
+             f"{sum(r['failures'] + r['errors'] for r in done)} failed, {sum(r['skipped'] for r in done)} skipped")
+open(os.path.join(dest, "summary.md"), "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+tar -czf "$DEST/logs.tar.gz" -C "$work" . 2>/dev/null
+echo "suite.sh total $(( $(date +%s) - START )) s"
