@@ -15,6 +15,7 @@ from torch._dynamo.utils import counters
 from ssa import ops
 from ssa.model import SSAConfig, SSAForCausalLM
 from ssa.ops import dense
+from ssa.training.distributed import apply_compile
 
 out = {}
 dev = "cuda"
@@ -71,8 +72,7 @@ for method, mode in (("full", None), ("ssa", "sparse"), ("ssa", "full"), ("moba"
                                  num_attention_heads=8, num_key_value_heads=2, block_size=64, block_count=8,
                                  pad_vocab_multiple=64)).to(dev).train()
     eager = copy.deepcopy(m)
-    for layer in m.model.layers:
-        layer.compile(dynamic=False, backend="inductor")
+    apply_compile(m, "inductor")  # as train.compile does (the Triton module is imported before tracing)
     times, graphs, diffs = [], [], []
     for i, docs in enumerate((2, 5, 3, 9, 12, 4, 7, 2)):
         ids = torch.randint(0, 50257, (B, T), device=dev)

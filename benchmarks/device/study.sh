@@ -11,8 +11,8 @@
 # them ("steps=N"); part B must train the same number of steps (the seed spread is only noise if
 # nothing else differs), so it takes N as its second argument and fails early if N does not fit.
 # NSA, the slowest method, trains in part A, so the step count it allows also fits part B.
-# STUDY_COMPILE=1 compiles the decoder blocks (train.compile, packed documents: full attention only
-# today); if that part's probe fails, the part is retried once without compilation. Default 0.
+# STUDY_COMPILE=1 compiles the decoder blocks and the loss (train.compile); if that part's probe
+# fails, the part is retried once without compilation. Default 0 (the committed study ran eager).
 # DATA_DIR (default .data) holds gutenberg/{train,val,test}.jsonl.gz and tokenizer/gpt2/.
 # Writes $OUT/study/part-<P>/: compare.json, results/<run>.json, report/ (report.md, claims.json,
 # PNGs when matplotlib is there), .jobs/ (per-process logs). Checkpoints stay in /tmp.

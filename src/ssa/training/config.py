@@ -211,20 +211,8 @@ def resolve_config(base: dict, *, method: str | None, overrides: list[str] | Non
     train = TrainSpec.from_dict(dict(cfg.get("train") or {}))
     data = DataSpec.from_dict(dict(cfg.get("data") or {}))
     _check_model_section(method, model, data.seq_len)
-    _check_compile_with_documents(method, train, data)
     return {"preset": preset or cfg.get("preset"), "method": method, "model": model,
             "train": asdict(train), "data": asdict(data)}
-
-
-def _check_compile_with_documents(method: str, train: "TrainSpec", data) -> None:
-    """Inductor on CUDA fails to lower the sparse stream's packed-document block tables
-    (`NotImplementedError: SliceView`, measured with torch 2.11 on an H200), so the combination is
-    refused up front instead of failing at the first step. Full attention compiles fine."""
-    if train.compile and train.compile_backend == "inductor" and method != "full" and data.pack == "documents":
-        raise ValueError(
-            f"train.compile=true with train.compile_backend=inductor is not supported yet for method={method} with "
-            "data.pack=documents (inductor fails on the sparse stream's document block tables); set "
-            "train.compile=false, data.pack=stream, or another train.compile_backend (e.g. aot_eager)")
 
 
 def _check_model_section(method: str, model: dict, seq_len: int) -> None:
