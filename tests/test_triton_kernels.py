@@ -103,24 +103,36 @@ def test_select_blocks_matches_reference(B, T, HQ, HK, D, s, n, dtype):
     assert mismatched <= max(2, got.shape[0] * got.shape[1] * got.shape[2] // 100)
 
 
-def test_select_blocks_ties_go_to_lower_block():
-    # Identical keys: every candidate block has exactly the same score, so the exact top-k is the
-    # lowest block ids plus the own block. Small-integer queries and a power-of-two scale make every
-    # logit exact whatever the dot product's accumulation order (tile layout, BLAS blocking, tf32),
-    # so the ties are real ties and the test checks the tie rule, not rounding. Checked against the
-    # closed form and against the reference run on the CPU.
+@pytest.mark.parametrize("tied_every", [1, 3])
+def test_select_blocks_ties_go_to_lower_block(tied_every):
+    # Blocks whose index is a multiple of `tied_every` have all-zero keys, so every query's logit for
+    # them is exactly 0 and their scores are exactly equal whatever the arithmetic after the product
+    # (a contracted multiply-add or not, the order of a sum): real ties, not ties up to rounding. The
+    # other blocks have keys of -1 against strictly positive integer queries, so they score strictly
+    # lower. The exact top-k takes the tied blocks lowest first, then (when too few are candidates)
+    # others, and always the own block; checked against the closed form and the reference on the CPU.
+    # (Keys of all ones, whose logits are exact integers, are not enough on the GPU: the rounding of
+    # logit * scale * log2(e) - shift can differ by an ulp between equal logits there.)
     B, T, HQ, HK, D, s, n = 1, 120, 4, 2, 32, 4, 6
     g = torch.Generator().manual_seed(0)
-    q = torch.randint(-3, 4, (B, T, HQ, D), generator=g).float().to(DEVICE)
-    k = torch.ones(B, T, HK, D, device=DEVICE)
+    q = torch.randint(1, 4, (B, T, HQ, D), generator=g).float().to(DEVICE)
+    tied = (torch.arange(T) // s) % tied_every == 0
+    k = torch.where(tied[None, :, None, None], 0.0, -1.0).expand(B, T, HK, D).contiguous().to(DEVICE)
     scale = 0.25
     got = tri.select_blocks(q, k, s, n, scale).cpu()
-    want = torch.full((B, T, HK, n), -1, dtype=torch.int32)
+    ref = reference.select_blocks(q.cpu(), k.cpu(), s, n, scale)
     for t in range(T):
-        chosen = list(range(min(n - 1, t // s))) + [t // s]
-        want[:, t, :, : len(chosen)] = torch.tensor(chosen, dtype=torch.int32)
-    assert torch.equal(got, want)
-    assert torch.equal(reference.select_blocks(q.cpu(), k.cpu(), s, n, scale), want)
+        own = t // s
+        ties = [c for c in range(own) if c % tied_every == 0]
+        chosen = ties[: n - 1]
+        for row in (got[0, t], ref[0, t]):
+            for h in range(HK):
+                picked = [c for c in row[h].tolist() if c >= 0]
+                assert own in picked and len(picked) == len(set(picked)) == min(n, own + 1), (t, h, picked)
+                assert set(chosen) <= set(picked) and max(picked[:-1], default=-1) < own, (t, h, picked)
+        if len(ties) >= n - 1 or tied_every == 1:  # the whole selection is determined
+            want = torch.tensor(chosen + [own] + [-1] * (n - 1 - len(chosen)), dtype=torch.int32)
+            assert torch.equal(got[0, t], want.expand(HK, n)) and torch.equal(ref[0, t], want.expand(HK, n)), t
 
 
 @pytest.mark.parametrize("launch", [{}, SMALL_LAUNCH])
