@@ -103,21 +103,22 @@ def test_select_blocks_matches_reference(B, T, HQ, HK, D, s, n, dtype):
     assert mismatched <= max(2, got.shape[0] * got.shape[1] * got.shape[2] // 100)
 
 
-@pytest.mark.parametrize("tied_every", [1, 3])
-def test_select_blocks_ties_go_to_lower_block(tied_every):
-    # Blocks whose index is a multiple of `tied_every` have all-zero keys, so every query's logit for
-    # them is exactly 0 and their scores are exactly equal whatever the arithmetic after the product
-    # (a contracted multiply-add or not, the order of a sum): real ties, not ties up to rounding. The
-    # other blocks have keys of -1 against strictly positive integer queries, so they score strictly
-    # lower. The exact top-k takes the tied blocks lowest first, then (when too few are candidates)
-    # others, and always the own block; checked against the closed form and the reference on the CPU.
-    # (Keys of all ones, whose logits are exact integers, are not enough on the GPU: the rounding of
-    # logit * scale * log2(e) - shift can differ by an ulp between equal logits there.)
+@pytest.mark.parametrize("pattern", ["zero_keys", "unit_keys", "every_third"])
+def test_select_blocks_ties_go_to_lower_block(pattern):
+    # Ties that are real, not ties up to rounding. zero_keys: every logit is exactly 0. unit_keys: keys
+    # of all ones and small-integer queries, so every block's logit is the same exact integer.
+    # every_third: blocks whose index is a multiple of 3 have zero keys and tie; the others have keys
+    # of -1 against strictly positive integer queries and score strictly lower. The exact top-k takes
+    # the tied blocks lowest first, then (when too few are candidates) others, and always the own
+    # block; checked against the closed form and the reference on the CPU.
     B, T, HQ, HK, D, s, n = 1, 120, 4, 2, 32, 4, 6
     g = torch.Generator().manual_seed(0)
-    q = torch.randint(1, 4, (B, T, HQ, D), generator=g).float().to(DEVICE)
+    low = -3 if pattern == "unit_keys" else 1
+    q = torch.randint(low, 4, (B, T, HQ, D), generator=g).float().to(DEVICE)
+    tied_every = 3 if pattern == "every_third" else 1
     tied = (torch.arange(T) // s) % tied_every == 0
-    k = torch.where(tied[None, :, None, None], 0.0, -1.0).expand(B, T, HK, D).contiguous().to(DEVICE)
+    key = 1.0 if pattern == "unit_keys" else 0.0
+    k = torch.where(tied[None, :, None, None], key, -1.0).expand(B, T, HK, D).contiguous().to(DEVICE)
     scale = 0.25
     got = tri.select_blocks(q, k, s, n, scale).cpu()
     ref = reference.select_blocks(q.cpu(), k.cpu(), s, n, scale)
