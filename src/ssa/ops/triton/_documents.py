@@ -111,7 +111,7 @@ def count_at_or_below(bounds: torch.Tensor, n: int) -> torch.Tensor:
     """For every i in [0, n): how many of the sorted `bounds` (each in [0, n]) are <= i.
 
     This is `searchsorted(bounds, arange(n), right=True)`, written as a histogram and a running sum:
-    inductor's searchsorted lowering on the GPU (torch <= 2.11) fails on a sliced boundary tensor
+    inductor's searchsorted lowering on the GPU fails on a sliced boundary tensor in torch 2.11
     (`NotImplementedError: SliceView`), and these bounds are slices of cu_seqlens.
     """
     hist = torch.zeros(n + 1, dtype=torch.long, device=bounds.device)
