@@ -7,18 +7,11 @@
 #  3. the CPU test of the same property, run natively.
 # Run from the repo root: OUT=dir bash benchmarks/device/compile.sh
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-D="$OUT/compile"
-mkdir -p "$D"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-END=$((SECONDS + 240))
-left() { local r=$((END - SECONDS)); [ "$r" -gt "$1" ] && echo "$1" || echo $((r > 5 ? r - 5 : 1)); }
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee "$D/env.txt"
-git rev-parse HEAD > "$D/commit.txt" 2>/dev/null || true
-timeout "$(left 60)" python3 -m pytest -q -p no:cacheprovider tests/test_compile_documents.py 2>&1 | tail -5 > "$D/tests.txt"
-timeout "$(left 170)" python3 benchmarks/device/compile_docs.py "$D/compile_docs.json" > "$D/compile_docs.txt" 2>&1
+. benchmarks/device/common.sh compile 240
+timeout "$(upto 60)" python3 -m pytest -q -p no:cacheprovider tests/test_compile_documents.py 2>&1 | tail -5 > "$DEST/tests.txt"
+timeout "$(upto 170)" python3 benchmarks/device/compile_docs.py "$DEST/compile_docs.json" > "$DEST/compile_docs.txt" 2>&1
 echo "compile_docs rc=$?"
-python3 - "$D" <<'PY' | tee "$D/summary.md"
+python3 - "$DEST" <<'PY' | tee "$DEST/summary.md"
 import json, sys
 d = sys.argv[1]
 print("tests:", open(f"{d}/tests.txt").read().strip().splitlines()[-1:] )

@@ -5,29 +5,21 @@
 # and `ssa bench attention --forward-only` at 32k/64k/128k against the fastest dense attention.
 # Time budget: 240 s in all (enforced below). Run from the repo root: OUT=dir bash benchmarks/device/decode.sh
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
-D="$OUT/decode"
-mkdir -p "$D"
-export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-END=$((SECONDS + 240))
-left() { local r=$((END - SECONDS)); [ "$r" -gt "$1" ] && echo "$1" || echo $((r > 5 ? r - 5 : 1)); }
+. benchmarks/device/common.sh decode 240
 
-python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" | tee "$D/env.txt"
-git rev-parse HEAD > "$D/commit.txt" 2>/dev/null || true
+timeout "$(upto 50)" python3 -m pytest -q -p no:cacheprovider tests/test_decode_kernel.py \
+  "tests/test_generation.py::test_captured_greedy_equals_eager" 2>&1 | tail -15 > "$DEST/tests.txt"
+tail -1 "$DEST/tests.txt"
 
-timeout "$(left 50)" python3 -m pytest -q -p no:cacheprovider tests/test_decode_kernel.py \
-  "tests/test_generation.py::test_captured_greedy_equals_eager" 2>&1 | tail -15 > "$D/tests.txt"
-tail -1 "$D/tests.txt"
-
-timeout "$(left 120)" python3 -m ssa.cli bench decode --contexts 8192,32768,131072 --batches 1,8 \
-  --gen-contexts 32768,131072 --new-tokens 48 --rep-ms 60 --json "$D/bench_decode.json" > "$D/bench_decode.txt" 2>&1
+timeout "$(upto 120)" python3 -m ssa.cli bench decode --contexts 8192,32768,131072 --batches 1,8 \
+  --gen-contexts 32768,131072 --new-tokens 48 --rep-ms 60 --json "$DEST/bench_decode.json" > "$DEST/bench_decode.txt" 2>&1
 echo "bench decode rc=$?"
 
-timeout "$(left 70)" python3 -m ssa.cli bench attention --seq-lens 32768,65536,131072 --forward-only --rep-ms 100 \
-  --json "$D/bench_attention.json" > "$D/bench_attention.txt" 2>&1
+timeout "$(upto 70)" python3 -m ssa.cli bench attention --seq-lens 32768,65536,131072 --forward-only --rep-ms 100 \
+  --json "$DEST/bench_attention.json" > "$DEST/bench_attention.txt" 2>&1
 echo "bench attention rc=$?"
 
-python3 - "$D" <<'PY' | tee "$D/summary.md"
+python3 - "$DEST" <<'PY' | tee "$DEST/summary.md"
 import json, sys, pathlib
 d = pathlib.Path(sys.argv[1])
 def load(name):

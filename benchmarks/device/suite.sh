@@ -12,7 +12,6 @@ set -uo pipefail  # run from the repository root
 unset TRITON_INTERPRET
 LANES=${SUITE_LANES:-6}
 work=$(mktemp -d)
-git rev-parse HEAD >> "$DEST/env.txt" 2>/dev/null || true
 
 python3 - "$work" ${SUITE_FILES:-} <<'PY'
 import glob, json, os, sys

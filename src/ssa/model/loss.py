@@ -15,6 +15,8 @@ the softmax, so padded ids get no probability mass and no gradient.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 IGNORE_INDEX = -100
@@ -50,14 +52,10 @@ def chunk_step(h, weight, y, n_valid, vocab_size: int, need_grad: bool):
     return total, grad.to(h.dtype)
 
 
-_COMPILED_STEPS: dict = {}
-
-
+@functools.cache
 def compiled_chunk_step(backend: str):
     """`chunk_step` under `torch.compile(backend=backend)`, built once per backend."""
-    if backend not in _COMPILED_STEPS:
-        _COMPILED_STEPS[backend] = torch.compile(chunk_step, backend=backend, dynamic=False)
-    return _COMPILED_STEPS[backend]
+    return torch.compile(chunk_step, backend=backend, dynamic=False)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
