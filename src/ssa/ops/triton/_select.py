@@ -408,6 +408,11 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
         grid_len = table.num_blocks * block_size  # every document padded to whole blocks
         docs = dict(bstart_ptr=table.block_starts, bfirst_ptr=table.block_first, DOCS=True)
     scale2 = scale * LOG2E
+    # enable_fp_fusion=False: equal probabilities must give equal group scores, or exact ties would
+    # not go to the lower block. With contraction on, the compiler fused one head's product e * (1/l)
+    # into the group sum's add as an FMA in some registers of a tile and not in others (it depends on
+    # the register layout), so tied blocks scored an ulp apart; on an H200, fp32 inputs at 128 rows per
+    # program got the wrong tied blocks in 55 of 240 rows (benchmarks/select_ties_check.py).
     # The pass-1 shift bound per (batch, KV head) is |scale2| max_c |kbar_c|, padded by 2^-8 for the
     # rounding of the products (the parts sum to kbar within 2^-16) and of the norm itself.
     kb, knorm = block_keys_and_bound(k, block_size, nsplit, abs(scale2) * (1 + 2.0 ** -8), table)
@@ -417,7 +422,7 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
          kb.stride(0), kb.stride(1), kb.stride(2), kb.stride(3), out.stride(0), out.stride(1), out.stride(2), scale2),
         dict(S=block_size, N=block_count, G=G, GP=GP, BQ=BQ, D=D, BD=BD, KB=KB, BN1=launch.block_tile,
              NSPLIT=nsplit, IEEE=ieee, UNIFORM=block_size % BQ == 0, **docs,
-             num_warps=launch.num_warps, num_stages=launch.num_stages),
+             num_warps=launch.num_warps, num_stages=launch.num_stages, enable_fp_fusion=False),
     )
     return out
 
