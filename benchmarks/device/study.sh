@@ -11,6 +11,8 @@
 # them ("steps=N"); part B must train the same number of steps (the seed spread is only noise if
 # nothing else differs), so it takes N as its second argument and fails early if N does not fit.
 # NSA, the slowest method, trains in part A, so the step count it allows also fits part B.
+# STUDY_STEPS=N fixes part A's (or all's) step count instead, e.g. to reach a token target; the
+# call then fails early if the probe says N steps do not fit the budget.
 # STUDY_COMPILE=1 compiles the decoder blocks and the loss (train.compile); if that part's probe
 # fails, the part is retried once without compilation. Default 0 (the committed study ran eager).
 # DATA_DIR (default .data) holds gutenberg/{train,val,test}.jsonl.gz and tokenizer/gpt2/.
@@ -24,9 +26,9 @@ BUDGET=${BUDGET:-560}          # seconds for the whole call
 START=$(date +%s)
 PART=${1:-A}
 case "$PART" in
-  A) METHODS=full,nsa,ssa; SEEDS=0; STEPS=""; DATA=${2:-.data} ;;
+  A) METHODS=full,nsa,ssa; SEEDS=0; STEPS=${STUDY_STEPS:-}; DATA=${2:-.data} ;;
   B) METHODS=full,moba,ssa; SEEDS="full=1 ssa=1 moba=0"; STEPS=${2:?part B needs the step count printed by part A}; DATA=${3:-.data} ;;
-  all) METHODS=full,moba,nsa,ssa; SEEDS="full=0,1 ssa=0,1 moba=0 nsa=0"; STEPS=""; DATA=${2:-.data} ;;
+  all) METHODS=full,moba,nsa,ssa; SEEDS="full=0,1 ssa=0,1 moba=0 nsa=0"; STEPS=${STUDY_STEPS:-}; DATA=${2:-.data} ;;
   *) echo "usage: study.sh A [DATA_DIR] | study.sh B STEPS [DATA_DIR] | study.sh all [DATA_DIR]" >&2; exit 2 ;;
 esac
 OUT=${OUT:-/tmp/ssa_study}
