@@ -1,0 +1,113 @@
+"""Recall of a key's latest value on CPU, FullAttn against SSA: does sparse inference lose it?
+
+Each row is P (key, value) pairs: keys drawn from K symbols (ids 0..K-1), each followed by a fresh
+random value from V symbols (ids K..K+V-1), so every key recurs several times with different
+values. At a key that occurred before, the model must predict the value that followed that key's
+most recent earlier occurrence (not the fresh value that comes next); the loss and the accuracy
+count only those positions. Under sparse inference the query's own block is always kept and the
+other blocks are chosen by the block means of the keys: a block holding two older occurrences of
+the key may outscore the block holding the latest one.
+
+A small model (2 layers, 64 wide) is trained with a plain AdamW loop at a constant LR, then the
+accuracy is read in full mode and in sparse mode at several block counts; "far" is the accuracy
+on queries whose answer lies outside their own block. Prints CPU seconds of training.
+
+Usage: python benchmarks/recency_recall.py METHOD STEPS SEED [--keys 8] [--values 16]
+       [--pairs 64] [--block 8] [--budget 2] [--lr 3e-3] [--alpha 10] [--full-ratio 0.5]
+       [--batch 32] [--heads 4] [--kv-heads 2] [--eval-budgets 2,3,4]
+e.g.   python benchmarks/recency_recall.py full 600 0
+"""
+
+import argparse
+import time
+
+import torch
+
+from ssa.model import SSAConfig, SSAForCausalLM
+
+
+def rows(batch: int, keys: int, values: int, pairs: int, g: torch.Generator):
+    """Tokens [batch, 2*pairs], labels (the latest earlier value, -100 where the key is new) and
+    the position of the answer token (-1 where none)."""
+    k = torch.randint(0, keys, (batch, pairs), generator=g)
+    v = torch.randint(0, values, (batch, pairs), generator=g) + keys
+    x = torch.stack([k, v], dim=2).flatten(1)
+    labels = torch.full_like(x, -100)
+    source = torch.full_like(x, -1)
+    last = torch.full((batch, keys), -1, dtype=torch.long)  # pair index of each key's latest occurrence
+    rows_ = torch.arange(batch)
+    for i in range(pairs):
+        j = last[rows_, k[:, i]]
+        seen = j >= 0
+        labels[seen, 2 * i + 1] = v[seen, j[seen]]
+        source[seen, 2 * i + 1] = 2 * j[seen] + 1
+        last[rows_, k[:, i]] = i
+    return x, labels, source
+
+
+def accuracy(model, x, labels, source, block: int, mode: str, n):
+    with torch.no_grad():
+        logits = model(x, attention_mode=mode, block_count=n).logits
+    pred = logits[:, :-1].argmax(-1)  # logits at t predict the label at t + 1
+    target, src = labels[:, 1:], source[:, 1:]
+    query = torch.arange(x.shape[1] - 1)[None, :].expand_as(target)  # the key token that asks
+    scored = target != -100
+    far = scored & (src // block != query // block)
+    hit = pred == target
+    return hit[scored].float().mean().item(), hit[far].float().mean().item(), far.sum().item() / scored.sum().item()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("method", choices=["full", "ssa"])
+    p.add_argument("steps", type=int)
+    p.add_argument("seed", type=int)
+    p.add_argument("--keys", type=int, default=8)
+    p.add_argument("--values", type=int, default=16)
+    p.add_argument("--pairs", type=int, default=64)
+    p.add_argument("--block", type=int, default=8)
+    p.add_argument("--budget", type=int, default=2, help="trained sparse block count (own block included)")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--alpha", type=float, default=10.0)
+    p.add_argument("--full-ratio", type=float, default=0.5)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--eval-budgets", default="2,3,4")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(a.seed)
+    T = 2 * a.pairs
+    cfg = SSAConfig(method=a.method, vocab_size=a.keys + a.values, hidden_size=a.hidden, num_hidden_layers=2,
+                    num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, block_size=a.block,
+                    block_count=a.budget, max_position_embeddings=T, rope_theta=10000.0, alpha=a.alpha,
+                    full_ratio=a.full_ratio, backend="torch")
+    model = SSAForCausalLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(a.seed + 100)
+    start = time.process_time()
+    for step in range(a.steps):
+        x, labels, _ = rows(a.batch, a.keys, a.values, a.pairs, g)
+        out = model(x, labels=labels)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if step % 100 == 0 or step == a.steps - 1:
+            print(f"step {step} ce {out.ce_loss.item():.3f} ({time.process_time() - start:.0f} CPU s)", flush=True)
+    cpu = time.process_time() - start
+    model.eval()
+    x, labels, source = rows(256, a.keys, a.values, a.pairs, torch.Generator().manual_seed(12345))
+    results = [("full", None)] + [("sparse", int(n)) for n in a.eval_budgets.split(",")]
+    line = []
+    for mode, n in results:
+        acc, far, far_share = accuracy(model, x, labels, source, a.block, mode, n)
+        name = mode if n is None else f"n={n}"
+        print(f"{a.method} seed {a.seed} {name}: accuracy {100 * acc:.1f}% far {100 * far:.1f}% "
+              f"(far share {100 * far_share:.0f}%)")
+        line.append(f"{name} {100 * acc:.1f}/{100 * far:.1f}")
+    print(f"RESULT {a.method} seed {a.seed} steps {a.steps} train {cpu:.0f} CPU s | " + " | ".join(line))
+
+
+if __name__ == "__main__":
+    main()
