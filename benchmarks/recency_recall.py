@@ -1,21 +1,23 @@
 """Recall of a key's latest value on CPU, FullAttn against SSA: does sparse inference lose it?
 
-Each row is P (key, value) pairs: keys drawn from K symbols (ids 0..K-1), each followed by a fresh
-random value from V symbols (ids K..K+V-1), so every key recurs several times with different
-values. At a key that occurred before, the model must predict the value that followed that key's
-most recent earlier occurrence (not the fresh value that comes next); the loss and the accuracy
-count only those positions. Under sparse inference the query's own block is always kept and the
-other blocks are chosen by the block means of the keys: a block holding two older occurrences of
-the key may outscore the block holding the latest one.
+Each row is P (key, value) pairs, keys drawn from K symbols and values from V symbols, so every key
+recurs several times with fresh values. At a key that occurred before, the model must predict the
+value that followed that key's most recent earlier occurrence; the loss and the accuracy count
+only those positions. By default each pair is one token (id key * V + value) and the logits at a
+pair predict its key's latest earlier value; `--two-tokens` writes the key and the value as two
+tokens instead (ids 0..K-1 and K..K+V-1) and asks at the key, which needs an induction circuit.
+Under sparse inference the query's own block is always kept and the other blocks are chosen by the
+block means of the keys: a block holding two older occurrences of the key may outscore the block
+holding the latest one.
 
 A small model (2 layers, 64 wide) is trained with a plain AdamW loop at a constant LR, then the
 accuracy is read in full mode and in sparse mode at several block counts; "far" is the accuracy
-on queries whose answer lies outside their own block. Prints CPU seconds of training.
+on queries whose answer lies outside their own block. Prints the CPU seconds of training.
 
-Usage: python benchmarks/recency_recall.py METHOD STEPS SEED [--keys 8] [--values 16]
-       [--pairs 64] [--block 8] [--budget 2] [--lr 3e-3] [--alpha 10] [--full-ratio 0.5]
-       [--batch 32] [--heads 4] [--kv-heads 2] [--eval-budgets 2,3,4]
-e.g.   python benchmarks/recency_recall.py full 600 0
+Usage: python benchmarks/recency_recall.py METHOD STEPS SEED [--keys 8] [--values 8]
+       [--pairs 64] [--two-tokens] [--block 8] [--budget 2] [--lr 3e-3] [--alpha 10]
+       [--full-ratio 0.5] [--batch 32] [--heads 4] [--kv-heads 2] [--eval-budgets 2,3,4]
+METHOD is full or ssa. e.g. python benchmarks/recency_recall.py ssa 1000 0
 """
 
 import argparse
@@ -26,11 +28,15 @@ import torch
 from ssa.model import SSAConfig, SSAForCausalLM
 
 
-def rows(batch: int, keys: int, values: int, pairs: int, g: torch.Generator):
+def rows(batch: int, keys: int, values: int, pairs: int, g: torch.Generator, fused: bool = False):
     """Tokens [batch, 2*pairs], labels (the latest earlier value, -100 where the key is new) and
-    the position of the answer token (-1 where none)."""
+    the position of the answer token (-1 where none). `fused`: one token per pair instead
+    (id key * values + value, [batch, pairs]); the logits at a pair predict its key's latest
+    earlier value."""
     k = torch.randint(0, keys, (batch, pairs), generator=g)
     v = torch.randint(0, values, (batch, pairs), generator=g) + keys
+    if fused:
+        return fused_rows(k, v - keys, values)
     x = torch.stack([k, v], dim=2).flatten(1)
     labels = torch.full_like(x, -100)
     source = torch.full_like(x, -1)
@@ -41,6 +47,22 @@ def rows(batch: int, keys: int, values: int, pairs: int, g: torch.Generator):
         seen = j >= 0
         labels[seen, 2 * i + 1] = v[seen, j[seen]]
         source[seen, 2 * i + 1] = 2 * j[seen] + 1
+        last[rows_, k[:, i]] = i
+    return x, labels, source
+
+
+def fused_rows(k: torch.Tensor, v: torch.Tensor, values: int):
+    batch, pairs = k.shape
+    x = k * values + v
+    labels = torch.full_like(x, -100)  # labels[i + 1] is what the logits at i must predict
+    source = torch.full_like(x, -1)
+    last = torch.full((batch, k.max().item() + 1), -1, dtype=torch.long)
+    rows_ = torch.arange(batch)
+    for i in range(pairs - 1):
+        j = last[rows_, k[:, i]]
+        seen = j >= 0
+        labels[seen, i + 1] = v[seen, j[seen]]
+        source[seen, i + 1] = j[seen]
         last[rows_, k[:, i]] = i
     return x, labels, source
 
@@ -63,7 +85,7 @@ def main() -> None:
     p.add_argument("steps", type=int)
     p.add_argument("seed", type=int)
     p.add_argument("--keys", type=int, default=8)
-    p.add_argument("--values", type=int, default=16)
+    p.add_argument("--values", type=int, default=8)
     p.add_argument("--pairs", type=int, default=64)
     p.add_argument("--block", type=int, default=8)
     p.add_argument("--budget", type=int, default=2, help="trained sparse block count (own block included)")
@@ -75,11 +97,14 @@ def main() -> None:
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--eval-budgets", default="2,3,4")
+    p.add_argument("--two-tokens", action="store_true", help="key and value as two tokens (default: one per pair)")
     a = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(a.seed)
-    T = 2 * a.pairs
-    cfg = SSAConfig(method=a.method, vocab_size=a.keys + a.values, hidden_size=a.hidden, num_hidden_layers=2,
+    fused = not a.two_tokens
+    T = a.pairs if fused else 2 * a.pairs
+    vocab = a.keys * a.values if fused else a.keys + a.values
+    cfg = SSAConfig(method=a.method, vocab_size=vocab, hidden_size=a.hidden, num_hidden_layers=2,
                     num_attention_heads=a.heads, num_key_value_heads=a.kv_heads, block_size=a.block,
                     block_count=a.budget, max_position_embeddings=T, rope_theta=10000.0, alpha=a.alpha,
                     full_ratio=a.full_ratio, backend="torch")
@@ -88,7 +113,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(a.seed + 100)
     start = time.process_time()
     for step in range(a.steps):
-        x, labels, _ = rows(a.batch, a.keys, a.values, a.pairs, g)
+        x, labels, _ = rows(a.batch, a.keys, a.values, a.pairs, g, fused)
         out = model(x, labels=labels)
         out.loss.backward()
         opt.step()
@@ -97,7 +122,7 @@ def main() -> None:
             print(f"step {step} ce {out.ce_loss.item():.3f} ({time.process_time() - start:.0f} CPU s)", flush=True)
     cpu = time.process_time() - start
     model.eval()
-    x, labels, source = rows(256, a.keys, a.values, a.pairs, torch.Generator().manual_seed(12345))
+    x, labels, source = rows(256, a.keys, a.values, a.pairs, torch.Generator().manual_seed(12345), fused)
     results = [("full", None)] + [("sparse", int(n)) for n in a.eval_budgets.split(",")]
     line = []
     for mode, n in results:
