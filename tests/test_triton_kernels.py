@@ -488,8 +488,6 @@ def test_select_benchmark_shape(block_tile, maxnreg):
     assert _check_selection(got, q, k, 16, 16, 0.125, 16 * 2e-5) <= 30
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="exact ties need the interpreter's column-invariant logits "
-                    "(see test_select_blocks_ties_go_to_lower_block)")
 def test_select_periodic_ties_match_reference():
     # Block c repeats the keys of block c % 3, so every score ties with those of a third of the blocks,
     # inside one tile and across tiles: the exact top-k must keep the lowest block of each tie, as
