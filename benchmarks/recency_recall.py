@@ -8,14 +8,15 @@ pair predict its key's latest earlier value; `--two-tokens` writes the key and t
 tokens instead (ids 0..K-1 and K..K+V-1) and asks at the key, which needs an induction circuit.
 Under sparse inference the query's own block is always kept and the other blocks are chosen by the
 block means of the keys: a block holding two older occurrences of the key may outscore the block
-holding the latest one.
+holding the latest one. `--distinct` draws the keys of each block without repetition (so the
+answer always lies in an earlier block, and a block holds the key at most once).
 
 A small model (2 layers, 64 wide) is trained with a plain AdamW loop at a constant LR, then the
 accuracy is read in full mode and in sparse mode at several block counts; "far" is the accuracy
 on queries whose answer lies outside their own block. Prints the CPU seconds of training.
 
 Usage: python benchmarks/recency_recall.py METHOD STEPS SEED [--keys 8] [--values 8]
-       [--pairs 64] [--two-tokens] [--block 8] [--budget 2] [--lr 3e-3] [--alpha 10]
+       [--pairs 64] [--two-tokens | --distinct] [--block 8] [--budget 2] [--lr 3e-3] [--alpha 10]
        [--full-ratio 0.5] [--batch 32] [--heads 4] [--kv-heads 2] [--eval-budgets 2,3,4]
 METHOD is full or ssa. e.g. python benchmarks/recency_recall.py ssa 1000 0
 """
@@ -28,12 +29,17 @@ import torch
 from ssa.model import SSAConfig, SSAForCausalLM
 
 
-def rows(batch: int, keys: int, values: int, pairs: int, g: torch.Generator, fused: bool = False):
+def rows(batch: int, keys: int, values: int, pairs: int, g: torch.Generator, fused: bool = False,
+         distinct_block: int = 0):
     """Tokens [batch, 2*pairs], labels (the latest earlier value, -100 where the key is new) and
     the position of the answer token (-1 where none). `fused`: one token per pair instead
     (id key * values + value, [batch, pairs]); the logits at a pair predict its key's latest
     earlier value."""
-    k = torch.randint(0, keys, (batch, pairs), generator=g)
+    if distinct_block:  # each block of `distinct_block` pairs holds distinct keys
+        u = torch.rand(batch, pairs // distinct_block, keys, generator=g)
+        k = u.argsort(-1)[..., :distinct_block].flatten(1)
+    else:
+        k = torch.randint(0, keys, (batch, pairs), generator=g)
     v = torch.randint(0, values, (batch, pairs), generator=g) + keys
     if fused:
         return fused_rows(k, v - keys, values)
@@ -97,11 +103,16 @@ def main() -> None:
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--eval-budgets", default="2,3,4")
+    p.add_argument("--distinct", action="store_true",
+                   help="no key twice in one block (one token per pair only; needs keys >= block)")
     p.add_argument("--two-tokens", action="store_true", help="key and value as two tokens (default: one per pair)")
     a = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(a.seed)
     fused = not a.two_tokens
+    if a.distinct and (not fused or a.keys < a.block or a.pairs % a.block):
+        p.error("--distinct needs one token per pair, --keys >= --block and --pairs a multiple of --block")
+    distinct = a.block if a.distinct else 0
     T = a.pairs if fused else 2 * a.pairs
     vocab = a.keys * a.values if fused else a.keys + a.values
     cfg = SSAConfig(method=a.method, vocab_size=vocab, hidden_size=a.hidden, num_hidden_layers=2,
@@ -113,7 +124,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(a.seed + 100)
     start = time.process_time()
     for step in range(a.steps):
-        x, labels, _ = rows(a.batch, a.keys, a.values, a.pairs, g, fused)
+        x, labels, _ = rows(a.batch, a.keys, a.values, a.pairs, g, fused, distinct)
         out = model(x, labels=labels)
         out.loss.backward()
         opt.step()
@@ -122,7 +133,8 @@ def main() -> None:
             print(f"step {step} ce {out.ce_loss.item():.3f} ({time.process_time() - start:.0f} CPU s)", flush=True)
     cpu = time.process_time() - start
     model.eval()
-    x, labels, source = rows(256, a.keys, a.values, a.pairs, torch.Generator().manual_seed(12345), fused)
+    x, labels, source = rows(256, a.keys, a.values, a.pairs, torch.Generator().manual_seed(12345), fused,
+                                  distinct)
     results = [("full", None)] + [("sparse", int(n)) for n in a.eval_budgets.split(",")]
     line = []
     for mode, n in results:
