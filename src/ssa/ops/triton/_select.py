@@ -412,7 +412,8 @@ def select_blocks(q: torch.Tensor, k: torch.Tensor, block_size: int, block_count
     # not go to the lower block. With contraction on, the compiler fused one head's product e * (1/l)
     # into the group sum's add as an FMA in some registers of a tile and not in others (it depends on
     # the register layout), so tied blocks scored an ulp apart; on an H200, fp32 inputs at 128 rows per
-    # program got the wrong tied blocks in 55 of 240 rows (benchmarks/select_ties_check.py).
+    # program got the wrong tied blocks in 55 of 240 rows (benchmarks/select_ties_check.py;
+    # tests/test_select_codegen.py checks the generated code for such FMAs without a GPU).
     # The pass-1 shift bound per (batch, KV head) is |scale2| max_c |kbar_c|, padded by 2^-8 for the
     # rounding of the products (the parts sum to kbar within 2^-16) and of the norm itself.
     kb, knorm = block_keys_and_bound(k, block_size, nsplit, abs(scale2) * (1 + 2.0 ** -8), table)
