@@ -40,37 +40,36 @@ def rows(batch: int, keys: int, values: int, pairs: int, g: torch.Generator, fus
         k = u.argsort(-1)[..., :distinct_block].flatten(1)
     else:
         k = torch.randint(0, keys, (batch, pairs), generator=g)
-    v = torch.randint(0, values, (batch, pairs), generator=g) + keys
+    v = torch.randint(0, values, (batch, pairs), generator=g)
+    prev_v, prev_j = latest_earlier(k, v)
     if fused:
-        return fused_rows(k, v - keys, values)
-    x = torch.stack([k, v], dim=2).flatten(1)
+        x = k * values + v
+        labels = torch.full_like(x, -100)  # labels[i + 1] is what the logits at pair i must predict
+        source = torch.full_like(x, -1)
+        labels[:, 1:], source[:, 1:] = prev_v[:, :-1], prev_j[:, :-1]
+        return x, labels, source
+    x = torch.stack([k, v + keys], dim=2).flatten(1)  # value ids follow the key ids
     labels = torch.full_like(x, -100)
     source = torch.full_like(x, -1)
-    last = torch.full((batch, keys), -1, dtype=torch.long)  # pair index of each key's latest occurrence
+    labels[:, 1::2] = torch.where(prev_j >= 0, prev_v + keys, -100)  # asked at the key, answered at its value
+    source[:, 1::2] = torch.where(prev_j >= 0, 2 * prev_j + 1, -1)
+    return x, labels, source
+
+
+def latest_earlier(k: torch.Tensor, v: torch.Tensor):
+    """Per pair, the value and pair index of its key's latest earlier occurrence (-100 / -1 if none)."""
+    batch, pairs = k.shape
+    prev_v = torch.full_like(k, -100)
+    prev_j = torch.full_like(k, -1)
+    last = torch.full((batch, int(k.max()) + 1), -1, dtype=torch.long)  # latest pair index of each key
     rows_ = torch.arange(batch)
     for i in range(pairs):
         j = last[rows_, k[:, i]]
         seen = j >= 0
-        labels[seen, 2 * i + 1] = v[seen, j[seen]]
-        source[seen, 2 * i + 1] = 2 * j[seen] + 1
+        prev_v[seen, i] = v[seen, j[seen]]
+        prev_j[seen, i] = j[seen]
         last[rows_, k[:, i]] = i
-    return x, labels, source
-
-
-def fused_rows(k: torch.Tensor, v: torch.Tensor, values: int):
-    batch, pairs = k.shape
-    x = k * values + v
-    labels = torch.full_like(x, -100)  # labels[i + 1] is what the logits at i must predict
-    source = torch.full_like(x, -1)
-    last = torch.full((batch, k.max().item() + 1), -1, dtype=torch.long)
-    rows_ = torch.arange(batch)
-    for i in range(pairs - 1):
-        j = last[rows_, k[:, i]]
-        seen = j >= 0
-        labels[seen, i + 1] = v[seen, j[seen]]
-        source[seen, i + 1] = j[seen]
-        last[rows_, k[:, i]] = i
-    return x, labels, source
+    return prev_v, prev_j
 
 
 def accuracy(model, x, labels, source, block: int, mode: str, n):
