@@ -20,7 +20,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 
-def _recorded_launch(dtype):
+def _recorded_launch(dtype, group: int, block_count: int, head_dim: int):
     """(kernel, args, meta) of the launch `select_blocks` makes, recorded instead of run."""
     from ssa.ops.triton import _select
 
@@ -35,9 +35,9 @@ def _recorded_launch(dtype):
 
     # Only in the child process that compiles: record the launch instead of running kernels.
     _select._launch_capped, _select.block_keys_and_bound = record, block_keys
-    q = torch.randn(1, 64, 8, 32, dtype=dtype)
-    k = torch.randn(1, 64, 2, 32, dtype=dtype)
-    _select.select_blocks(q, k, 16, 4, 32 ** -0.5)
+    q = torch.randn(1, 67, 2 * group, head_dim, dtype=dtype)
+    k = torch.randn(1, 67, 2, head_dim, dtype=dtype)
+    _select.select_blocks(q, k, 16, block_count, head_dim ** -0.5)
     return seen["kernel"], seen["args"], seen["meta"]
 
 
@@ -82,29 +82,32 @@ def _fma_of_exp2(ptx: str) -> int:
     return count
 
 
-def _child(dtype_name: str, force_fusion: bool) -> dict:
+def _child(dtype_name: str, shape: tuple, force_fusion: bool) -> dict:
     """Compile in a child process: the kernels must be JIT functions, not the interpreter's."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, __file__, dtype_name, str(int(force_fusion))], env=env,
+    out = subprocess.run([sys.executable, __file__, dtype_name, str(int(force_fusion)), *map(str, shape)], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
-def test_selection_group_sums_are_not_contracted(dtype_name):
-    got = _child(dtype_name, False)
+# (GQA group, block count, head dim): the benchmark-like shape, a group of one with the smallest
+# budget and an odd head dim, and the widest group with a budget past the 4 blocks of the row.
+@pytest.mark.parametrize("dtype_name,shape", [("float32", (4, 4, 32)), ("bfloat16", (4, 4, 32)),
+                                              ("bfloat16", (1, 1, 17)), ("float32", (32, 17, 64))])
+def test_selection_group_sums_are_not_contracted(dtype_name, shape):
+    got = _child(dtype_name, shape, False)
     if got.get("skip"):
         pytest.skip(got["skip"])
     assert got["exp2"] > 0  # the probabilities are in this code
     assert got["fma_of_exp2"] == 0
-    if dtype_name == "float32":  # the check sees the contraction when it is allowed
-        assert _child(dtype_name, True)["fma_of_exp2"] > 0
+    if shape == (4, 4, 32) and dtype_name == "float32":  # the check sees the contraction when allowed
+        assert _child(dtype_name, shape, True)["fma_of_exp2"] > 0
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    kernel, args, meta = _recorded_launch(getattr(torch, sys.argv[1]))
+    kernel, args, meta = _recorded_launch(getattr(torch, sys.argv[1]), *map(int, sys.argv[3:6]))
     if sys.argv[2] == "1":
         meta["enable_fp_fusion"] = True
     ptx = _ptx(kernel, args, meta)
