@@ -11,9 +11,13 @@ from ssa.cli import main
 
 def test_eval_all_sections_write_json(tiny_runs, tmp_path, capsys):  # noqa: F811
     run = tiny_runs["ssa"]
+    # A two-item task file of piqa's layout, so the test needs no data folder.
+    items = [{"query": "Question: how do I dry a cup?\nAnswer:", "choices": ["wipe it", "wet it"], "gold": 0},
+             {"query": "Question: how do I cool tea?\nAnswer:", "choices": ["boil it", "wait"], "gold": 1}]
+    (tmp_path / "piqa.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
     rc = main(["eval", str(run), "--perplexity", "--attention", "--extrapolation", "--retrieval",
-               "--commonsense", "piqa", "--limit", "2", "--lengths", "1,2", "--block-counts", "1,2,8",
-               "--seq-len", "64", "--no-progress", "--long-data", str(run / "val.txt"), "--depths", "0,1",
+               "--commonsense", "piqa", "--tasks-dir", str(tmp_path), "--limit", "2",
+               "--lengths", "1,2", "--block-counts", "1,2,8", "--seq-len", "64", "--no-progress", "--long-data", str(run / "val.txt"), "--depths", "0,1",
                "--retrieval-lengths", "200"])
     assert rc == 0
     out = capsys.readouterr().out
