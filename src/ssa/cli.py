@@ -16,6 +16,7 @@ from ssa.errors import CommandError  # re-exported: commands raise it
 
 # name -> (module, one-line help)
 COMMANDS = {
+    "demo": ("ssa.commands.demo", "FullAttn vs SSA on a CPU task, read in full and sparse mode (minutes)"),
     "train": ("ssa.commands.train", "train a model from a preset or config file"),
     "eval": ("ssa.commands.evaluate", "perplexity, budgets, lengths and attention statistics of a checkpoint"),
     "report": ("ssa.commands.report", "markdown tables and plots comparing evaluated runs"),
