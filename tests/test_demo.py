@@ -106,7 +106,8 @@ def _result(method, full, sparse):
 
 def test_reading_follows_the_numbers():
     keeps = reading([_result("full", 1.0, 0.88), _result("ssa", 1.0, 0.998)], 2)
-    assert "SSA keeps 99.8%" in keeps and "FullAttn 88.0%" in keeps and "12.0%" in keeps and "60x" in keeps
+    assert "SSA keeps its answers (99.8%" in keeps and "FullAttn loses them (88.0%)" in keeps
+    assert "12.0% of the answers wrong, SSA 0.2%" in keeps
     same = reading([_result("full", 1.0, 0.97), _result("ssa", 1.0, 0.985)], 2)
     assert "no clear difference" in same
     reversed_ = reading([_result("full", 1.0, 0.999), _result("ssa", 1.0, 0.8)], 2)
@@ -130,3 +131,19 @@ def test_demo_command_prints_the_table_and_writes_json(tmp_path, capsys):
         assert set(r["scores"]) == {"full", "n=2", "n=3"}
         assert all(0.0 <= s["accuracy"] <= 1.0 and s["ce"] > 0 for s in r["scores"].values())
     assert doc["task"]["seq_len"] == 128 and doc["runs"][0]["steps"] == 2
+
+
+def test_demo_outcome_from_a_fixed_seed():
+    """The demo's claim on a third of its budget (200 steps, 256 held-out rows), seed 0: both models
+    learn the task in full mode; with 2 of 16 blocks per query SSA keeps its answers while FullAttn
+    gets a clear share wrong, and the printed reading says so. (On the 2-core CPU this seed gave
+    FullAttn 99.6% full / 90.5% sparse and SSA 100% / 99.3%; about a minute of CPU.)"""
+    task = TopicTask()
+    results = [train_and_score(task, TopicRun(method=m, seed=0, steps=200, eval_rows=256, eval_block_counts=(2,)))
+               for m in ("full", "ssa")]
+    full, ssa = (r["scores"] for r in results)
+    assert full["full"]["accuracy"] > 0.95 and ssa["full"]["accuracy"] > 0.95
+    assert ssa["n=2"]["accuracy"] > 0.97
+    assert full["n=2"]["accuracy"] < ssa["n=2"]["accuracy"] - 0.04
+    assert full["n=2"]["ce"] > 3 * ssa["n=2"]["ce"]
+    assert "SSA keeps its answers" in reading(results, 2)

@@ -91,10 +91,10 @@ def reading(results: list[dict], n: int) -> str:
         return ("reading: a model has not learned the task in full mode (under 90% right), so the sparse "
                 "numbers say little; train longer (--steps)")
     if kept("ssa") >= 0.98 and kept("full") < 0.97 and error("full") >= 3 * max(error("ssa"), 0.005):
-        return (f"reading: at {n} blocks of 16, SSA keeps {kept('ssa'):.1%} of its full-mode accuracy and "
-                f"FullAttn {kept('full'):.1%}: FullAttn gets {error('full'):.1%} of the answers wrong, "
-                f"{error('full') / max(error('ssa'), 1e-4):.0f}x as many as SSA ({error('ssa'):.1%}).")
-    return (f"reading: at {n} blocks of 16 no clear difference (SSA keeps {kept('ssa'):.1%}, "
+        return (f"reading: with {n} of 16 blocks per query, SSA keeps its answers ({kept('ssa'):.1%} of its "
+                f"full-mode accuracy) and FullAttn loses them ({kept('full'):.1%}): FullAttn gets "
+                f"{error('full'):.1%} of the answers wrong, SSA {error('ssa'):.1%}.")
+    return (f"reading: with {n} of 16 blocks per query, no clear difference (SSA keeps {kept('ssa'):.1%}, "
             f"FullAttn {kept('full'):.1%} of its full-mode accuracy)")
 
 
