@@ -92,8 +92,8 @@ def reading(results: list[dict], n: int) -> str:
                 "numbers say little; train longer (--steps)")
     if kept("ssa") >= 0.98 and kept("full") < 0.97 and error("full") >= 3 * max(error("ssa"), 0.005):
         return (f"reading: with {n} of 16 blocks per query, SSA keeps its answers ({kept('ssa'):.1%} of its "
-                f"full-mode accuracy) and FullAttn loses them ({kept('full'):.1%}): FullAttn gets "
-                f"{error('full'):.1%} of the answers wrong, SSA {error('ssa'):.1%}.")
+                f"full-mode accuracy) while FullAttn loses some: it gets {error('full'):.1%} of them wrong "
+                f"(SSA {error('ssa'):.1%}) and keeps {kept('full'):.1%}.")
     return (f"reading: with {n} of 16 blocks per query, no clear difference (SSA keeps {kept('ssa'):.1%}, "
             f"FullAttn {kept('full'):.1%} of its full-mode accuracy)")
 
@@ -113,7 +113,7 @@ def run(args) -> int:
     jobs = args.jobs or min(len(runs), os.cpu_count() or 1)
     blocks = task.seq_len // task.block_size
     print(f"topic task: name the row's topic at each of the last {task.answer_blocks} blocks of a "
-          f"{task.seq_len}-token row (blocks of {task.block_size}; chance {1 / task.topics:.0%}).\n"
+          f"{task.seq_len}-token row (blocks of {task.block_size}; chance {1 / task.topics:.1%}).\n"
           f"Training {', '.join(METHOD_NAMES[r.method] for r in runs)} for {args.steps} steps each "
           f"(seed {args.seed}, {jobs} at a time); SSA's sparse stream sees {args.block_count} of {blocks} "
           f"blocks per query.", flush=True)

@@ -163,11 +163,10 @@ def answer_scores(model, tokens: torch.Tensor, labels: torch.Tensor, mode: str, 
     return {"accuracy": right / total, "ce": nll / total}
 
 
-def train_and_score(task: TopicTask, run: TopicRun) -> dict:
-    """Train one model on freshly generated rows (AdamW, the LR decayed along a cosine to a tenth so
-    that the last steps settle instead of ending on a noisy step), then score it on held-out rows in full mode and in
-    sparse mode at every `eval_block_counts`. Seeded: the same arguments give the same numbers on
-    the same machine and torch build."""
+def train(task: TopicTask, run: TopicRun):
+    """A model trained on freshly generated rows (AdamW, the LR decayed along a cosine to a tenth so
+    that the last steps settle instead of ending on a noisy step), in eval mode, and the seconds it
+    took. Seeded: the same arguments give the same model on the same machine and torch build."""
     import time
 
     torch.set_num_threads(run.threads)
@@ -183,9 +182,19 @@ def train_and_score(task: TopicTask, run: TopicRun) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
-    seconds = time.perf_counter() - start
-    model.eval()
-    held_out = [t.to(run.device) for t in topic_rows(task, run.eval_rows, torch.Generator().manual_seed(999_999))]
+    return model.eval(), time.perf_counter() - start
+
+
+def held_out_rows(task: TopicTask, run: TopicRun) -> list[torch.Tensor]:
+    """The scored rows: the same for every method and seed (their own generator seed)."""
+    return [t.to(run.device) for t in topic_rows(task, run.eval_rows, torch.Generator().manual_seed(999_999))]
+
+
+def train_and_score(task: TopicTask, run: TopicRun) -> dict:
+    """`train`, then the answer scores on the held-out rows in full mode and in sparse mode at every
+    `eval_block_counts`."""
+    model, seconds = train(task, run)
+    held_out = held_out_rows(task, run)
     scores = {"full": answer_scores(model, *held_out, "full", None)}
     for n in run.eval_block_counts:
         scores[f"n={n}"] = answer_scores(model, *held_out, "sparse", n)
