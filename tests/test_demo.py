@@ -93,7 +93,7 @@ def test_task_rejects_bad_shapes_by_name(field, value):
     (["--methods", "full,nsa"], "--methods"), (["--methods", "full,full"], "--methods"),
     (["--block-count", "0"], "--block-count"), (["--block-count", "17"], "--block-count"),
     (["--eval-block-counts", "2,x"], "--eval-block-counts"), (["--eval-block-counts", "99"], "--eval-block-counts"),
-    (["--steps", "0"], "--steps"), (["--jobs", "0"], "--jobs"), (["--eval-rows", "0"], "--eval-rows")])
+    (["--steps", "0"], "--steps"), (["--seed", "-1"], "--seed"), (["--jobs", "0"], "--jobs"), (["--eval-rows", "0"], "--eval-rows")])
 def test_demo_rejects_bad_arguments_by_name(argv, needle, capsys):
     assert main(["demo", *argv]) == 2
     err = capsys.readouterr().err

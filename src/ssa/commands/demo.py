@@ -49,6 +49,8 @@ def _check(args):
     for name, values in (("--block-count", (args.block_count,)), ("--eval-block-counts", budgets)):
         if any(not 1 <= n <= blocks for n in values):
             raise CommandError(f"{name} must be in [1, {blocks}] (blocks per row), got {values}")
+    if args.seed < 0:
+        raise CommandError(f"--seed must be >= 0, got {args.seed}")
     for name in ("steps", "eval_rows"):
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
