@@ -122,6 +122,10 @@ def run(args) -> int:
     results = run_all(task, runs, jobs)
     print("\nanswer accuracy (cross-entropy of the answer, nats), full attention vs sparse with n blocks:")
     print(table(results))
+    print("\nwhich cue each model follows, in full mode, on rows where the count names the decoy and the "
+          "pairs the topic:")
+    for r in results:
+        print(f"{METHOD_NAMES[r['method']]:<10}pairs {r['cues']['pairs']:>6.1%}   count {r['cues']['count']:>6.1%}")
     print(reading(results, args.block_count))
     if args.json:
         from dataclasses import asdict

@@ -190,12 +190,41 @@ def held_out_rows(task: TopicTask, run: TopicRun) -> list[torch.Tensor]:
     return [t.to(run.device) for t in topic_rows(task, run.eval_rows, torch.Generator().manual_seed(999_999))]
 
 
+def conflict_rows(task: TopicTask, tokens: torch.Tensor, labels: torch.Tensor, extra: int = 4, seed: int = 5):
+    """Rows whose two cues disagree: `tokens` with the row's decoy d also written `extra` times into
+    every block before the decoy blocks (never over a pair), so that counting over the whole row
+    finds d while the pairs still name z. Returns the rows and d per row."""
+    x = tokens.clone()
+    z = labels[:, -1]
+    tail = x[:, task.spread_len:]
+    counts = torch.stack([(tail == v).sum(-1) for v in range(task.topics)], -1)
+    d = counts.scatter(1, z[:, None], -1).argmax(-1)  # the most frequent other topic in the decoy blocks
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    for start in range(0, task.spread_len, task.block_size):
+        block = x[:, start:start + task.block_size]  # a view: writes land in x
+        is_marker = block >= task.symbols
+        pair = is_marker | torch.roll(is_marker, -1, dims=1)  # markers never open a block, so no wrap
+        order = (torch.rand(block.shape, generator=g, device=x.device) + 2.0 * pair).argsort(-1)[:, :extra]
+        block.scatter_(1, order, d[:, None].expand(-1, extra))
+    return x, d
+
+
+@torch.no_grad()
+def cue_shares(model, task: TopicTask, tokens: torch.Tensor, labels: torch.Tensor) -> dict:
+    """On the conflict rows of `tokens`, in full mode: the share of scored answers that name z (the
+    pairs' answer) and d (the count's answer)."""
+    x, d = conflict_rows(task, tokens, labels)
+    pred = model(x, attention_mode="full").logits[:, task.answer_from:-1].argmax(-1)
+    return {"pairs": float((pred == labels[:, -1:]).float().mean()), "count": float((pred == d[:, None]).float().mean())}
+
+
 def train_and_score(task: TopicTask, run: TopicRun) -> dict:
     """`train`, then the answer scores on the held-out rows in full mode and in sparse mode at every
-    `eval_block_counts`."""
+    `eval_block_counts`, and which cue the model follows when they disagree (`cue_shares`)."""
     model, seconds = train(task, run)
     held_out = held_out_rows(task, run)
     scores = {"full": answer_scores(model, *held_out, "full", None)}
     for n in run.eval_block_counts:
         scores[f"n={n}"] = answer_scores(model, *held_out, "sparse", n)
-    return {"method": run.method, "seed": run.seed, "train_seconds": seconds, "scores": scores}
+    return {"method": run.method, "seed": run.seed, "train_seconds": seconds, "scores": scores,
+            "cues": cue_shares(model, task, *held_out)}
