@@ -2,7 +2,8 @@
 
 For every task variant (TopicTask fields as JSON objects) and seed, trains FullAttn and SSA with the
 demo's settings and prints one line per model: full-mode accuracy, then sparse at n = 2, 3, 4
-(accuracy / answer cross-entropy). Writes all results to OUT.jsonl.
+(accuracy / answer cross-entropy), then the share of answers on conflict rows that follow the pairs
+and the count. Writes all results to OUT.jsonl.
 Usage: python benchmarks/demo_seeds.py OUT.jsonl --seeds 0-11 [--steps 600] [--jobs 16]
        [--device cuda] [--variants '[{}, {"repeats": 16}]']
 """
@@ -42,6 +43,7 @@ def main() -> None:
             f.write(json.dumps(r) + "\n")
             f.flush()
             cells = " ".join(f"{k} {v['accuracy']:.3f}/{v['ce']:.3f}" for k, v in r["scores"].items())
+            cells += f" | cues: pairs {r['cues']['pairs']:.3f} count {r['cues']['count']:.3f}"
             print(f"{r['method']:>4} seed {r['seed']:>2} {json.dumps(r['task'])}: {cells} ({r['train_seconds']:.0f} s)",
                   flush=True)
 
