@@ -647,6 +647,8 @@ def reading(acc: dict, model: dict, methods: dict | None = None) -> str:
     """What the copy accuracies say, computed from them: per run the share of its full-attention
     accuracy kept under sparse inference, then one verdict on FullAttn against SSA (their runs'
     means). `acc` = {run: (full, sparse)}, `methods` = {run: method}."""
+    from ssa.model.config import METHOD_NAMES
+
     budget = f"{model['block_count']} blocks of {model['block_size']} tokens"
     methods = methods or {}
     parts, kept = [], {}
@@ -663,7 +665,7 @@ def reading(acc: dict, model: dict, methods: dict | None = None) -> str:
         mean = {m: (sum(f for f, _ in v) / len(v), sum(k for _, k in v) / len(v)) for m, v in kept.items()}
         untrained = [m for m in ("full", "ssa") if mean[m][0] < LEARNED]
         if untrained:
-            text += (f" {' and '.join(_NAMES[m] for m in untrained)} copied less than {100 * LEARNED:.0f}% under full "
+            text += (f" {' and '.join(METHOD_NAMES[m] for m in untrained)} copied less than {100 * LEARNED:.0f}% under full "
                      "attention: not learned yet, train longer (--steps).")
         elif mean["ssa"][1] - mean["full"][1] >= CLEAR:
             text += " SSA keeps its copying under sparse inference, FullAttn loses it."
@@ -672,9 +674,6 @@ def reading(acc: dict, model: dict, methods: dict | None = None) -> str:
         else:
             text += f" FullAttn and SSA keep about as much (within {100 * CLEAR:.0f} points): no clear effect at this budget."
     return text
-
-
-_NAMES = {"full": "FullAttn", "ssa": "SSA", "moba": "MoBA", "nsa": "NSA"}
 
 
 def worker(argv: list[str]) -> int:

@@ -14,8 +14,7 @@ import os
 from pathlib import Path
 
 from ssa.errors import CommandError
-
-METHOD_NAMES = {"full": "FullAttn", "ssa": "SSA", "moba": "MoBA", "nsa": "NSA"}
+from ssa.model.config import METHOD_NAMES
 DEMO_METHODS = ("full", "ssa", "moba")  # NSA has no full mode to compare against
 
 

@@ -7,6 +7,7 @@ import math
 from transformers import PretrainedConfig
 
 METHODS = ("full", "moba", "nsa", "ssa")
+METHOD_NAMES = {"full": "FullAttn", "moba": "MoBA", "nsa": "NSA", "ssa": "SSA"}  # as the paper writes them
 ATTENTION_MODES = ("full", "sparse")
 ALIGN_DIRECTIONS = ("both", "sparsity", "commitment", "none")
 ALIGN_LOSSES = ("smooth_l1", "l2")
