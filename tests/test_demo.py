@@ -167,3 +167,16 @@ def test_demo_outcome_from_a_fixed_seed():
     # budget, all of them at the demo's 600 steps).
     cues = {r["method"]: r["cues"] for r in results}
     assert cues["full"]["count"] > 0.9 and cues["full"]["pairs"] < 0.1 and cues["ssa"]["pairs"] > 0.5
+
+
+@pytest.mark.parametrize("method", ["full", "ssa", "moba"])
+def test_every_block_selected_scores_like_full_attention(method):
+    """Budgets from 1 to the row's 16 blocks are all scored; with all 16 blocks selected, sparse
+    inference attends to exactly what full attention does, so the scores match (an untrained model:
+    the property does not depend on training)."""
+    r = train_and_score(TopicTask(), TopicRun(method=method, steps=1, eval_rows=16, eval_block_counts=(1, 7, 16)))
+    s = r["scores"]
+    assert set(s) == {"full", "n=1", "n=7", "n=16"}
+    assert s["n=16"]["accuracy"] == s["full"]["accuracy"]
+    assert s["n=16"]["ce"] == pytest.approx(s["full"]["ce"], rel=1e-5)
+    assert s["n=1"]["ce"] != pytest.approx(s["full"]["ce"], rel=1e-5)  # a real budget changes the output
